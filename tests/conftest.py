@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import pytest
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp
+
+from tests.servers import UvicornThread
+
+ClientFactory = Callable[[ASGIApp], TestClient]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def client_factory(request: pytest.FixtureRequest) -> ClientFactory:
+    """Make `TestClient`s on each anyio backend in turn."""
+    backend: Literal["asyncio", "trio"] = request.param
+
+    def make(app: ASGIApp) -> TestClient:
+        return TestClient(app, backend=backend)
+
+    return make
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[ASGIApp], str]]:
+    """Serve apps with uvicorn on free 127.0.0.1 ports; yield a function returning the ws:// base URL."""
+    servers: list[UvicornThread] = []
+
+    def start(app: ASGIApp) -> str:
+        server = UvicornThread(app)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

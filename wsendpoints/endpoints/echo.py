@@ -1,0 +1,39 @@
+"""`EchoEndpoint`: every message straight back."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from starlette.websockets import WebSocket
+
+from .._options import OptionCheck, check_template
+from .base import Endpoint
+
+__all__ = ["EchoEndpoint"]
+
+
+class EchoEndpoint(Endpoint):
+    """Send each message back: text as text, bytes as bytes, in order.
+
+    Option `template` formats text replies, with the received text as `{data}`.
+
+    Example:
+        ```python
+        routes = [
+            WebSocketRoute("/echo", EchoEndpoint),
+            WebSocketRoute("/chat", EchoEndpoint.configure(template="Message text was: {data}")),
+        ]
+        ```
+    """
+
+    template: str | None = None
+
+    options: ClassVar[dict[str, OptionCheck]] = {**Endpoint.options, "template": check_template("data")}
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        if isinstance(data, bytes):
+            await websocket.send({"type": "websocket.send", "bytes": data})
+            return
+        template = self.template
+        text = data if template is None else template.format(data=data)
+        await websocket.send({"type": "websocket.send", "text": text})
