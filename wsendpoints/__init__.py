@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .brokers import Broker, MemoryBroker, Message
 from .closecodes import CloseCode, describe_close_code
 from .endpoints import EchoEndpoint, Endpoint, OKEndpoint
 from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, WSEndpointsError
@@ -9,12 +10,15 @@ from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Broker",
     "BrokerClosedError",
     "BrokerError",
     "BrokerUnavailableError",
     "CloseCode",
     "EchoEndpoint",
     "Endpoint",
+    "MemoryBroker",
+    "Message",
     "OKEndpoint",
     "WSEndpointsError",
     "__version__",

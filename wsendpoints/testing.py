@@ -18,14 +18,19 @@ Example:
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 from starlette.testclient import WebSocketTestSession
-from starlette.types import Message
+from starlette.types import Message as ASGIMessage
+
+from .brokers import Broker, Message
+from .exceptions import BrokerClosedError
 
 __all__ = [
     "assert_no_message",
+    "check_broker",
     "expect_close",
     "receive",
     "receive_bytes",
@@ -34,14 +39,14 @@ __all__ = [
 ]
 
 
-def receive(ws: WebSocketTestSession, timeout: float = 1.0) -> Message:
+def receive(ws: WebSocketTestSession, timeout: float = 1.0) -> ASGIMessage:
     """Return the next ASGI message the app sent on `ws`.
 
     Raises:
         TimeoutError: If none comes within `timeout` seconds.
     """
 
-    async def next_message() -> Message:
+    async def next_message() -> ASGIMessage:
         with anyio.fail_after(timeout):
             return await ws._send_rx.receive()
 
@@ -105,9 +110,108 @@ def expect_close(ws: WebSocketTestSession, timeout: float = 1.0) -> tuple[int, s
     return int(message.get("code", 1000)), str(message.get("reason") or "")
 
 
-def _describe(message: Message) -> str:
+def _describe(message: ASGIMessage) -> str:
     if message["type"] == "websocket.close":
         return f"close {message.get('code', 1000)} {message.get('reason') or ''!r}"
     if message.get("text") is not None:
         return f"text {message['text']!r}"
     return f"bytes {message.get('bytes')!r}"
+
+
+class _Collector:
+    """A `Deliver` callback that keeps what it gets and lets a test wait for it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.messages: list[Message] = []
+        self.fail = fail
+        self._arrived = anyio.Event()
+
+    def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+        self._arrived.set()
+        if self.fail:
+            raise RuntimeError("subscriber failure injected by check_broker")
+
+    async def wait_for(self, count: int, within: float) -> None:
+        with anyio.fail_after(within):
+            while len(self.messages) < count:
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+
+    def payloads(self) -> list[str]:
+        return [message.payload for message in self.messages]
+
+
+async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounds each wait, not the call
+    """Check that `broker` keeps the contract of `wsendpoints.Broker`; close it at the end.
+
+    Run it against a new broker, in the event loop the broker will serve:
+
+    ```python
+    async def test_my_broker_keeps_the_contract() -> None:
+        await check_broker(MyBroker())
+    ```
+
+    Raises:
+        AssertionError: Saying which part of the contract was broken.
+        TimeoutError: If an expected delivery does not come within `timeout` seconds.
+    """
+    rooms = ["check/a", "check/a*", "check/a?", "check/[a]", "check/a/b", "check/a:b", "check/é", "check/"]
+    room = rooms[0]
+    first, second, failing = _Collector(), _Collector(), _Collector(fail=True)
+    others = {name: _Collector() for name in rooms[1:]}
+    async with (
+        broker.subscribe(room, first),
+        broker.subscribe(room, failing),
+        broker.subscribe(room, second),
+        AsyncExitStack() as stack,
+    ):
+        for name, collector in others.items():
+            await stack.enter_async_context(broker.subscribe(name, collector))
+        sent = [Message(f"m{n}", sender=f"member-{n % 3}") for n in range(100)]
+        for message in sent:
+            await broker.publish(room, message)
+        await first.wait_for(100, timeout)
+        await second.wait_for(100, timeout)
+        expected = [message.payload for message in sent]
+        assert first.payloads() == expected, "a subscriber missed messages or got them out of order"
+        assert second.payloads() == first.payloads(), "two subscribers saw different orders"
+        assert failing.payloads() == expected, "a failing subscriber stopped getting messages"
+        assert [m.sender for m in first.messages] == [m.sender for m in sent], "the sender was not kept"
+        for name in others:
+            await broker.publish(name, Message(f"only {name}"))
+        await broker.publish(room, Message("last"))
+        await first.wait_for(101, timeout)
+        assert first.payloads()[100:] == ["last"], f"room {room!r} got another room's messages"
+        for name, collector in others.items():
+            await collector.wait_for(1, timeout)
+            assert collector.payloads() == [f"only {name}"], f"room {name!r} got another room's messages"
+        await second.wait_for(101, timeout)
+    async with broker.subscribe(room, second):
+        await broker.publish(room, Message("after first left"))
+        await second.wait_for(102, timeout)
+    assert len(first.messages) == 101, "a subscription went on after it ended"
+
+    assert await broker.members(room) == []
+    assert await broker.join(room, "m1", "zoe") == 1
+    assert await broker.join(room, "m2", "adam") == 2
+    assert await broker.join(room, "m3", "zoe") == 3
+    assert await broker.join(rooms[1], "m4", "other") == 1
+    assert await broker.members(room) == ["adam", "zoe"], "members() must be sorted, each name once"
+    await broker.leave(room, "m1")
+    assert await broker.members(room) == ["adam", "zoe"], "a name stays while another member has it"
+    await broker.leave(room, "m3")
+    await broker.leave(room, "unknown")
+    assert await broker.members(room) == ["adam"]
+    await broker.leave(room, "m2")
+    await broker.leave(rooms[1], "m4")
+    assert await broker.members(room) == []
+    assert await broker.members(rooms[1]) == []
+
+    await broker.aclose()
+    try:
+        await broker.publish(room, Message("after close"))
+    except BrokerClosedError:
+        pass
+    else:
+        raise AssertionError("publish() after aclose() must raise BrokerClosedError")

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from wsendpoints import BrokerClosedError, MemoryBroker, Message
+from wsendpoints.brokers import Broker
+from wsendpoints.testing import check_broker
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_memory_broker_passes_the_contract(backend: str) -> None:
+    anyio.run(check_broker, MemoryBroker(), backend=backend)
+
+
+class Forgetful(MemoryBroker):
+    """Breaks the contract: drops every tenth message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def publish(self, room: str, message: Message) -> None:
+        self.count += 1
+        if self.count % 10:
+            await super().publish(room, message)
+
+
+class LeakyRooms(MemoryBroker):
+    """Breaks the contract: rooms that share a prefix share messages."""
+
+    async def publish(self, room: str, message: Message) -> None:
+        await super().publish(room[:7], message)
+
+
+class NeverClosed(MemoryBroker):
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("broker", "error", "message"),
+    [
+        (Forgetful(), TimeoutError, None),
+        (LeakyRooms(), AssertionError, "got another room's messages"),
+        (NeverClosed(), AssertionError, "publish\\(\\) after aclose\\(\\) must raise BrokerClosedError"),
+    ],
+)
+def test_check_broker_catches_broken_brokers(broker: Broker, error: type[Exception], message: str | None) -> None:
+    with pytest.raises(error, match=message):
+        anyio.run(check_broker, broker, 0.2)
+
+
+def test_memory_broker_rooms_leave_nothing_behind() -> None:
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        async with broker.subscribe("r", print), broker.subscribe("r", print):
+            await broker.join("r", "m", "ann")
+            assert broker.rooms() == ["r"]
+            await broker.leave("r", "m")
+        assert broker.rooms() == []
+        await broker.leave("r", "m")
+
+    anyio.run(scenario)
+
+
+def test_memory_broker_refuses_work_after_close() -> None:
+    async def scenario() -> None:
+        async with MemoryBroker() as broker:
+            pass
+        with pytest.raises(BrokerClosedError):
+            await broker.publish("r", Message("x"))
+        with pytest.raises(BrokerClosedError):
+            await broker.join("r", "m", "ann")
+        with pytest.raises(BrokerClosedError):
+            async with broker.subscribe("r", print):
+                pass  # pragma: no cover - never reached
+
+    anyio.run(scenario)
+
+
+def test_memory_broker_delivers_across_threads_in_one_order() -> None:
+    """Publishers on several threads' event loops; every subscriber sees the same order."""
+    broker = MemoryBroker()
+    seen: list[list[str]] = [[], []]
+    ready = threading.Barrier(3)
+
+    async def publisher(name: str) -> None:
+        ready.wait()
+        for n in range(200):
+            await broker.publish("r", Message(f"{name}{n}"))
+
+    async def scenario() -> None:
+        async with (
+            broker.subscribe("r", lambda m: seen[0].append(m.payload)),
+            broker.subscribe("r", lambda m: seen[1].append(m.payload)),
+        ):
+            threads = [threading.Thread(target=anyio.run, args=(publisher, name)) for name in "ab"]
+            for thread in threads:
+                thread.start()
+            ready.wait()
+            for thread in threads:
+                await anyio.to_thread.run_sync(thread.join)
+
+    anyio.run(scenario)
+    assert len(seen[0]) == 400
+    assert seen[0] == seen[1]
+    for name in "ab":
+        assert [p for p in seen[0] if p.startswith(name)] == [f"{name}{n}" for n in range(200)]

@@ -1,0 +1,91 @@
+"""`MemoryBroker`: rooms within one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..exceptions import BrokerClosedError
+from .base import Broker, Deliver, Message
+
+__all__ = ["MemoryBroker"]
+
+logger = logging.getLogger("wsendpoints")
+
+
+class MemoryBroker(Broker):
+    """Rooms in this process's memory, shared by every event loop and thread of the process.
+
+    `publish` hands the message to each subscriber before it returns, under one lock, so every
+    subscriber sees a room's messages in the same order.
+
+    Example:
+        ```python
+        class Lobby(RoomEndpoint):
+            broker = MemoryBroker()
+        ```
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, tuple[Deliver, ...]] = {}
+        self._presence: dict[str, dict[str, str]] = {}
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosedError("the broker was closed")
+
+    async def publish(self, room: str, message: Message) -> None:
+        self._check_open()
+        with self._lock:
+            for deliver in self._subscribers.get(room, ()):
+                try:
+                    deliver(message)
+                except Exception:
+                    logger.exception("a subscriber of room %r failed to take a message", room)
+
+    @asynccontextmanager
+    async def subscribe(self, room: str, deliver: Deliver) -> AsyncIterator[None]:
+        self._check_open()
+        with self._lock:
+            self._subscribers[room] = (*self._subscribers.get(room, ()), deliver)
+        try:
+            yield
+        finally:
+            with self._lock:
+                rest = list(self._subscribers[room])
+                rest.remove(deliver)
+                if rest:
+                    self._subscribers[room] = tuple(rest)
+                else:
+                    del self._subscribers[room]
+
+    async def join(self, room: str, member: str, user: str) -> int:
+        self._check_open()
+        with self._lock:
+            present = self._presence.setdefault(room, {})
+            present[member] = user
+            return len(present)
+
+    async def leave(self, room: str, member: str) -> None:
+        with self._lock:
+            present = self._presence.get(room)
+            if present is not None:
+                present.pop(member, None)
+                if not present:
+                    del self._presence[room]
+
+    async def members(self, room: str) -> list[str]:
+        with self._lock:
+            return sorted(set(self._presence.get(room, {}).values()))
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    def rooms(self) -> list[str]:
+        """Return the rooms with a subscriber or a member, sorted: empty rooms leave nothing behind."""
+        with self._lock:
+            return sorted(set(self._subscribers) | set(self._presence))
