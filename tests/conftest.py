@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from starlette.testclient import TestClient
@@ -29,12 +29,15 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[ASGIApp], str]]:
-    """Serve apps with uvicorn on free 127.0.0.1 ports; yield a function returning the ws:// base URL."""
+def serve() -> Iterator[Callable[..., str]]:
+    """Serve apps with uvicorn on free 127.0.0.1 ports; yield a function returning the ws:// base URL.
+
+    Keyword arguments go to `UvicornThread` (e.g. `sndbuf`).
+    """
     servers: list[UvicornThread] = []
 
-    def start(app: ASGIApp) -> str:
-        server = UvicornThread(app)
+    def start(app: ASGIApp, **options: Any) -> str:
+        server = UvicornThread(app, **options)
         servers.append(server)
         return server.start()
 

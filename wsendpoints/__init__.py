@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .brokers import Broker, MemoryBroker, Message
 from .closecodes import CloseCode, describe_close_code
-from .endpoints import EchoEndpoint, Endpoint, OKEndpoint
+from .endpoints import EchoEndpoint, Endpoint, OKEndpoint, RoomEndpoint
 from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, WSEndpointsError
 
 __version__ = "0.1.0.dev0"
@@ -20,6 +20,7 @@ __all__ = [
     "MemoryBroker",
     "Message",
     "OKEndpoint",
+    "RoomEndpoint",
     "WSEndpointsError",
     "__version__",
     "describe_close_code",

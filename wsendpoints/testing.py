@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -30,12 +31,14 @@ from .exceptions import BrokerClosedError
 
 __all__ = [
     "assert_no_message",
+    "assert_no_message_each",
     "check_broker",
     "expect_close",
     "receive",
     "receive_bytes",
     "receive_json",
     "receive_text",
+    "receive_text_each",
 ]
 
 
@@ -82,6 +85,28 @@ def receive_bytes(ws: WebSocketTestSession, timeout: float = 1.0) -> bytes:
 def receive_json(ws: WebSocketTestSession, timeout: float = 1.0) -> Any:
     """Return the next message, text holding JSON, decoded; raises as `receive_text` does."""
     return json.loads(receive_text(ws, timeout))
+
+
+def receive_text_each(sockets: Sequence[WebSocketTestSession], timeout: float = 1.0) -> list[str]:
+    """Return the next text message of each socket in `sockets`, in order; raises as `receive_text` does.
+
+    Example:
+        ```python
+        bob.send_text("hi")
+        assert receive_text_each([ann, cleo]) == ["bob: hi", "bob: hi"]
+        ```
+    """
+    return [receive_text(ws, timeout) for ws in sockets]
+
+
+def assert_no_message_each(sockets: Sequence[WebSocketTestSession], within: float = 0.1) -> None:
+    """Check that none of `sockets` gets a message; waits `within` seconds for each in turn.
+
+    Raises:
+        AssertionError: If one of them gets a message or a close.
+    """
+    for ws in sockets:
+        assert_no_message(ws, within)
 
 
 def assert_no_message(ws: WebSocketTestSession, within: float = 0.1) -> None:

@@ -72,6 +72,10 @@ class _Socket(WebSocket):
             self.peer_gone = True
             logger.debug("peer left before %s", kind)
             return
+        finally:
+            if kind == "websocket.close":
+                # Only now, with the close frame handed over (or abandoned), stop the receive loop.
+                self.endpoint._stop_receiving()
         if kind == "websocket.accept":
             self.accepted = True
 
@@ -170,12 +174,14 @@ class Endpoint(WebSocketEndpoint):
         self._receive_scope: anyio.CancelScope | None = None
 
     def _closed(self, code: int, reason: str, by: ClosedBy) -> None:
-        """Record the end of the connection, unless already recorded; wake the receive loop if it is waiting."""
-        if self.closed_by is not None:
-            return
-        self.close_code = code
-        self.close_reason = reason
-        self.closed_by = by
+        """Record the end of the connection, unless already recorded."""
+        if self.closed_by is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.closed_by = by
+
+    def _stop_receiving(self) -> None:
+        """End the receive loop if it is waiting for a message (a close came from another task)."""
         if self._waiting and self._receive_scope is not None:
             self._receive_scope.cancel()
 

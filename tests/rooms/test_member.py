@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from wsendpoints import Message
+from wsendpoints._loop import LoopHandle
+from wsendpoints.rooms import Member, SlowConsumerPolicy
+
+
+class Socket:
+    """A fake socket whose sends can be held up."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.flowing = anyio.Event()
+        self.flowing.set()
+        self.arrived = anyio.Event()
+
+    def stall(self) -> None:
+        self.flowing = anyio.Event()
+
+    async def send(self, payload: str) -> None:
+        await self.flowing.wait()
+        self.sent.append(payload)
+        self.arrived.set()
+
+    async def wait_for(self, count: int) -> None:
+        with anyio.fail_after(1):
+            while len(self.sent) < count:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+
+
+def run(test: object) -> None:
+    for backend in ("asyncio", "trio"):
+        anyio.run(test, backend=backend)  # type: ignore[arg-type]
+
+
+def test_member_sends_in_order_and_skips_its_own() -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 10, "close", 1.0), Socket()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.run, socket.send)
+            member.deliver(Message("mine", sender="me"))
+            for n in range(5):
+                member.deliver(Message(f"m{n}", sender="other"))
+            member.push_first("first")
+            await socket.wait_for(6)
+            member.push_first("later")
+            await socket.wait_for(7)
+            tasks.cancel_scope.cancel()
+        assert socket.sent[0] in ("first", "m0")
+        assert sorted(socket.sent[:6]) == sorted(["first", "m0", "m1", "m2", "m3", "m4"])
+        assert socket.sent[6] == "later"
+        assert member.stalled is None
+
+    run(scenario)
+
+
+def test_member_overflow_with_close_policy_stops_the_writer_at_once() -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 3, "close", 60.0), Socket()
+        socket.stall()
+        with anyio.fail_after(1):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(member.run, socket.send)
+                for n in range(10):
+                    member.push(f"m{n}")
+                    await anyio.lowlevel.checkpoint()
+        assert member.overflowed
+        assert member.stalled == "slow consumer"
+        assert socket.sent == []
+
+    run(scenario)
+
+
+def test_member_overflow_while_idle_writer_waits() -> None:
+    async def scenario() -> None:
+        member = Member("me", 1, "close", 60.0)
+        member.push("a")
+        member.push("b")
+        with anyio.fail_after(1):
+            await member.run(Socket().send)
+        assert member.stalled == "slow consumer"
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop_oldest", ["m7", "m8", "m9"]), ("drop_newest", ["m0", "m1", "m2"])])
+def test_member_drop_policies_keep_the_member_and_count(policy: SlowConsumerPolicy, kept: list[str]) -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 3, policy, 60.0), Socket()
+        for n in range(10):
+            member.push(f"m{n}")
+        assert member.dropped == 7
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.run, socket.send)
+            await socket.wait_for(3)
+            tasks.cancel_scope.cancel()
+        assert socket.sent == kept
+        assert not member.overflowed
+
+    run(scenario)
+
+
+def test_member_send_timeout_ends_a_stalled_writer() -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 100, "close", 0.1), Socket()
+        socket.stall()
+        member.push("stuck")
+        with anyio.fail_after(2):
+            await member.run(socket.send)
+        assert member.stalled == "send timeout"
+
+    run(scenario)
+
+
+def test_member_slow_sends_that_progress_are_not_timed_out() -> None:
+    async def scenario() -> None:
+        member = Member("me", 100, "close", 0.2)
+        sent: list[str] = []
+
+        async def slow_send(payload: str) -> None:
+            await anyio.sleep(0.08)
+            sent.append(payload)
+
+        for n in range(6):
+            member.push(f"m{n}")
+        with anyio.move_on_after(1):
+            await member.run(slow_send)
+        assert sent == [f"m{n}" for n in range(6)]
+        assert member.stalled is None
+
+    anyio.run(scenario)
+
+
+def test_member_is_woken_from_another_thread() -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 1000, "close", 5.0), Socket()
+
+        def publish() -> None:
+            for n in range(200):
+                member.deliver(Message(f"m{n}"))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.run, socket.send)
+            await anyio.lowlevel.checkpoint()
+            thread = threading.Thread(target=publish)
+            thread.start()
+            await socket.wait_for(200)
+            thread.join()
+            tasks.cancel_scope.cancel()
+        assert socket.sent == [f"m{n}" for n in range(200)]
+
+    run(scenario)
+
+
+def test_loop_handle_after_the_loop_ended_does_nothing() -> None:
+    async def make() -> LoopHandle:
+        return LoopHandle()
+
+    for backend in ("asyncio", "trio"):
+        handle = anyio.run(make, backend=backend)
+        calls: list[int] = []
+        thread = threading.Thread(target=handle.call, args=(calls.clear,))
+        thread.start()
+        calls.append(1)
+        thread.join()
+        assert calls == [1]

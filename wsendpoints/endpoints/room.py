@@ -1,0 +1,288 @@
+"""`RoomEndpoint`: chat rooms with presence, broadcast from the app and slow-consumer isolation.
+
+A message's way: `on_receive` here formats it once and publishes it to the broker; the broker
+hands it to every member's queue (`rooms/member.py`); each member's own writer sends it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import secrets
+from collections import deque
+from contextlib import AsyncExitStack
+from typing import Any, ClassVar, Literal
+
+import anyio
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from .. import _json
+from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
+from ..brokers.base import Broker, Message
+from ..brokers.memory import MemoryBroker
+from ..closecodes import CloseCode
+from ..exceptions import BrokerError
+from ..rooms.member import Member, SlowConsumerPolicy
+from .base import Endpoint
+
+__all__ = ["RoomEndpoint"]
+
+logger = logging.getLogger("wsendpoints")
+
+_default_broker = MemoryBroker()
+_process = secrets.token_hex(6)
+_member_ids = itertools.count(1)
+
+
+def _check_broker(name: str, value: Any) -> None:
+    if not isinstance(value, Broker):
+        raise TypeError(f"{name} must be a wsendpoints.Broker, got {value!r}")
+
+
+def _check_pattern(name: str, value: Any) -> None:
+    check_text()(name, value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{name} {value!r} is not a regular expression: {exc}") from None
+
+
+def _check_namespace(name: str, value: Any) -> None:
+    check_text()(name, value)
+    if not value or "/" in value:
+        raise ValueError(f"{name} must be a non-empty str without '/', got {value!r}")
+
+
+class RoomEndpoint(Endpoint):
+    """Chat rooms: each message goes to the other members of the sender's room.
+
+    Mount it with the room (and optionally the user) in the path, or pass them as query
+    parameters of the same names. Every member has a bounded outbound queue and its own
+    writer, so one slow member never holds up the room.
+
+    Example:
+        ```python
+        from starlette.routing import WebSocketRoute
+        from wsendpoints import RoomEndpoint
+
+        Chat = RoomEndpoint.configure(mode="json", max_members=50, rate_limit=(20, 10))
+        routes = [WebSocketRoute("/rooms/{room}/{user}", Chat)]
+
+
+        async def announce(request):
+            await Chat.broadcast("lobby", "Server restarts in 5 minutes")
+            return JSONResponse({"present": await Chat.members("lobby")})
+        ```
+    """
+
+    room_param: str = "room"
+    user_param: str = "user"
+    name_pattern: str = r"[\w.-]{1,64}"
+    mode: Literal["text", "json"] = "text"
+    message_template: str | None = "{user}: {text}"
+    echo_template: str | None = None
+    join_template: str | None = "{user} joined the chat"
+    leave_template: str | None = "{user} left the chat"
+    namespace: str = "rooms"
+    broker: Broker = _default_broker
+    max_queue: int = 1024
+    slow_consumer: SlowConsumerPolicy = "close"
+    send_timeout: float = 10.0
+    max_members: int | None = None
+    rate_limit: tuple[int, float] | None = None
+    max_message_size: int | None = 64 * 1024
+
+    options: ClassVar[dict[str, OptionCheck]] = {
+        **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
+        "room_param": check_text(),
+        "user_param": check_text(),
+        "name_pattern": _check_pattern,
+        "mode": check_choice(("text", "json")),
+        "message_template": check_template("user", "text", "room"),
+        "echo_template": check_template("user", "text", "room"),
+        "join_template": check_template("user", "room"),
+        "leave_template": check_template("user", "room"),
+        "namespace": _check_namespace,
+        "broker": _check_broker,
+        "max_queue": check_size(optional=False),
+        "slow_consumer": check_choice(("close", "drop_oldest", "drop_newest")),
+        "send_timeout": check_number(optional=False),
+        "max_members": check_size(),
+        "rate_limit": check_pair,
+    }
+
+    encoding: Literal["text", "bytes", "json"] | None = "text"
+    _name_re: ClassVar[re.Pattern[str]] = re.compile(name_pattern)
+
+    room: str
+    """The room this connection is in (set once it has joined)."""
+    user: str
+    """The user name of this connection (set once it has joined)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.encoding = "json" if cls.mode == "json" else "text"
+        cls._name_re = re.compile(cls.name_pattern)
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.member: Member | None = None
+        self._key = ""
+        self._exit_stack = AsyncExitStack()
+        self._announced = False
+        self._sent: deque[float] = deque()
+
+    @property
+    def dropped(self) -> int:
+        """How many messages the "drop_oldest"/"drop_newest" policies dropped for this member."""
+        return 0 if self.member is None else self.member.dropped
+
+    # The server side
+
+    @classmethod
+    def _room_key(cls, room: str) -> str:
+        return f"{cls.namespace}/{room}"
+
+    @classmethod
+    def _envelope(cls, kind: str, room: str, user: str | None, text: str | None = None) -> str:
+        envelope: dict[str, Any] = {"type": kind, "room": room, "user": user}
+        if text is not None:
+            envelope["text"] = text
+        return _json.dumps(envelope)
+
+    @classmethod
+    async def broadcast(cls, room: str, text: str) -> None:
+        """Send `text` to every member of `room`, on every process the broker reaches.
+
+        In text mode members receive `text` as it is; in json mode a message envelope with
+        `"user": null`.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+        """
+        payload = text if cls.mode == "text" else cls._envelope("message", room, None, text)
+        await cls.broker.publish(cls._room_key(room), Message(payload))
+
+    @classmethod
+    async def members(cls, room: str) -> list[str]:
+        """Return the user names present in `room`, sorted, each once."""
+        return await cls.broker.members(cls._room_key(room))
+
+    # The connection
+
+    async def dispatch(self) -> None:
+        async with anyio.create_task_group() as self._tasks:
+            await super().dispatch()
+            self._tasks.cancel_scope.cancel()
+
+    def _param(self, websocket: WebSocket, name: str) -> str | None:
+        value = websocket.path_params.get(name)
+        if value is None:
+            value = websocket.query_params.get(name)
+        return None if value is None else str(value)
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        """Accept, check the room and user names and the limits, then join the room."""
+        await super().on_connect(websocket)
+        if self.closed_by is not None:
+            return
+        room = self._param(websocket, self.room_param)
+        user = self._param(websocket, self.user_param)
+        if room is None or not self._name_re.fullmatch(room):
+            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "invalid room name")
+            return
+        if user is None:
+            user = f"guest-{secrets.token_hex(4)}"
+        elif not self._name_re.fullmatch(user):
+            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
+            return
+        self.room, self.user, self._key = room, user, self._room_key(room)
+        member = self.member = Member(
+            f"{_process}-{next(_member_ids)}", self.max_queue, self.slow_consumer, self.send_timeout
+        )
+        broker = self.broker
+        await self._exit_stack.enter_async_context(broker.subscribe(self._key, member.deliver))
+        self._exit_stack.push_async_callback(broker.leave, self._key, member.id)
+        count = await broker.join(self._key, member.id, user)
+        if self.max_members is not None and count > self.max_members:
+            await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
+            return
+        if self.mode == "json":
+            presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
+            member.push_first(_json.dumps(presence))
+        self._tasks.start_soon(self._write, websocket, member)
+        self._announced = True
+        await self._notify(self.join_template, "join")
+
+    async def _refuse(self, websocket: WebSocket, code: CloseCode, reason: str) -> None:
+        logger.info("closing %s with %d: %s", self._path(), code, reason)
+        await websocket.close(code, reason)
+
+    async def _write(self, websocket: WebSocket, member: Member) -> None:
+        async def send(payload: str) -> None:
+            await websocket.send({"type": "websocket.send", "text": payload})
+
+        try:
+            await member.run(send)
+        except Exception:
+            await self._fail(websocket)
+        else:
+            logger.info("closing %s with 1013: %s (user %r)", self._path(), member.stalled, self.user)
+            with anyio.move_on_after(1):  # a stalled peer may never take the close frame
+                await websocket.close(CloseCode.TRY_AGAIN_LATER, member.stalled or "slow consumer")
+
+    async def _notify(self, template: str | None, kind: str) -> None:
+        if self.mode == "json":
+            payload = self._envelope(kind, self.room, self.user)
+        elif template is not None:
+            payload = template.format(user=self.user, room=self.room)
+        else:
+            return
+        assert self.member is not None
+        await self.broker.publish(self._key, Message(payload, sender=self.member.id))
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        """Check the rate limit, then send the message to the other members."""
+        if self.rate_limit is not None and self._over_rate_limit(*self.rate_limit):
+            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return
+        if self.mode == "json":
+            if type(data) is not dict or data.keys() != {"text"} or type(data["text"]) is not str:
+                await self._refuse(websocket, CloseCode.POLICY_VIOLATION, 'expected {"text": string}')
+                return
+            text: str = data["text"]
+            payload: str | None = self._envelope("message", self.room, self.user, text)
+            echo = payload if self.echo_template is not None else None
+        else:
+            text = data
+            fields = {"user": self.user, "text": text, "room": self.room}
+            template = self.message_template
+            payload = None if template is None else template.format_map(fields)
+            echo = None if self.echo_template is None else self.echo_template.format_map(fields)
+        member = self.member
+        assert member is not None
+        if payload is not None:
+            await self.broker.publish(self._key, Message(payload, sender=member.id))
+        if echo is not None:
+            member.push(echo)
+
+    def _over_rate_limit(self, count: int, seconds: float) -> bool:
+        now = anyio.current_time()
+        sent = self._sent
+        while sent and now - sent[0] >= seconds:
+            sent.popleft()
+        if len(sent) >= count:
+            return True
+        sent.append(now)
+        return False
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        """Leave the room: unsubscribe, drop out of presence, then tell the others."""
+        try:
+            await self._exit_stack.aclose()
+            if self._announced:
+                await self._notify(self.leave_template, "leave")
+        except BrokerError:
+            logger.warning("could not tell room %r that %r left", self._key, self.user, exc_info=True)

@@ -1,0 +1,133 @@
+"""`Member`: one connection's bounded outbound queue and the writer that drains it.
+
+A room hands each message to every member's queue and moves on; only the member's own writer
+awaits its socket. So one member that stops reading delays nobody else: its queue fills and
+it is closed (or it drops messages, as configured), or its send stalls past `send_timeout`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Literal
+
+import anyio
+
+from .._loop import LoopHandle
+from ..brokers.base import Message
+
+__all__ = ["Member", "SlowConsumerPolicy"]
+
+SlowConsumerPolicy = Literal["close", "drop_oldest", "drop_newest"]
+
+
+class Member:
+    """A member of a room: its id, its outbound queue and its writer.
+
+    `deliver` (a broker's `Deliver`) and `push` may be called from any thread; `run` is the
+    writer and runs in the member's own event loop.
+
+    Attributes:
+        id: The member's id, unique across processes; messages whose `sender` it is are skipped.
+        dropped: How many messages the "drop_oldest"/"drop_newest" policies dropped.
+        stalled: Why the writer gave up ("slow consumer", "send timeout"), or None.
+    """
+
+    __slots__ = (
+        "_handle",
+        "_max_queue",
+        "_policy",
+        "_queue",
+        "_scope",
+        "_send_timeout",
+        "_wakeup",
+        "dropped",
+        "id",
+        "overflowed",
+        "stalled",
+    )
+
+    def __init__(self, member_id: str, max_queue: int, policy: SlowConsumerPolicy, send_timeout: float) -> None:
+        self.id = member_id
+        self.dropped = 0
+        self.overflowed = False
+        self.stalled: str | None = None
+        self._max_queue = max_queue
+        self._policy = policy
+        self._send_timeout = send_timeout
+        self._queue: deque[str] = deque()
+        self._wakeup: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._handle = LoopHandle()
+
+    def deliver(self, message: Message) -> None:
+        """Queue `message` unless this member sent it."""
+        if message.sender != self.id:
+            self.push(message.payload)
+
+    def push(self, payload: str) -> None:
+        """Queue `payload` for sending, applying the slow-consumer policy when the queue is full."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            if self._policy == "drop_newest":
+                self.dropped += 1
+                return
+            if self._policy == "close":
+                if not self.overflowed:
+                    self.overflowed = True
+                    self._handle.call(self._abort)
+                return
+            with suppress(IndexError):  # the writer may have emptied the queue meanwhile, on another thread
+                queue.popleft()
+            self.dropped += 1
+        queue.append(payload)
+        if self._wakeup is not None:
+            self._handle.call(self._wake)
+
+    def push_first(self, payload: str) -> None:
+        """Queue `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
+        self._queue.appendleft(payload)
+        if self._wakeup is not None:
+            self._handle.call(self._wake)
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
+
+    def _abort(self) -> None:
+        self._wake()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, send: Callable[[str], Awaitable[None]]) -> None:
+        """Send queued payloads with `send` until cancelled, or until the member stalls.
+
+        Returns when the queue overflowed under the "close" policy, or when sending made no
+        progress for `send_timeout` seconds; `stalled` then says which.
+        """
+        queue = self._queue
+        timeout = self._send_timeout
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            while not self.overflowed:
+                if not queue:
+                    self._wakeup = wakeup = anyio.Event()
+                    if (
+                        not queue and not self.overflowed
+                    ):  # pragma: no branch - false only if another thread pushed just now
+                        await wakeup.wait()
+                    self._wakeup = None
+                    continue
+                scope.deadline = anyio.current_time() + timeout
+                while queue and not self.overflowed:
+                    await send(queue.popleft())
+                    # Refresh the deadline at most every timeout/2: a stall ends between timeout/2 and timeout.
+                    now = anyio.current_time()
+                    if scope.deadline - now < timeout / 2:
+                        scope.deadline = now + timeout
+                scope.deadline = math.inf
+        self._scope = None
+        self.stalled = "slow consumer" if self.overflowed else "send timeout"
