@@ -224,14 +224,15 @@ class RoomEndpoint(Endpoint):
         async def send(payload: str) -> None:
             await websocket.send({"type": "websocket.send", "text": payload})
 
+        async def close_stalled(reason: str) -> None:
+            logger.info("closing %s with 1013: %s (user %r)", self._path(), reason, self.user)
+            with anyio.move_on_after(1):  # a stalled peer may never take the close frame
+                await websocket.close(CloseCode.TRY_AGAIN_LATER, reason)
+
         try:
-            await member.run(send)
+            await member.run(send, close_stalled)
         except Exception:
             await self._fail(websocket)
-        else:
-            logger.info("closing %s with 1013: %s (user %r)", self._path(), member.stalled, self.user)
-            with anyio.move_on_after(1):  # a stalled peer may never take the close frame
-                await websocket.close(CloseCode.TRY_AGAIN_LATER, member.stalled or "slow consumer")
 
     async def _notify(self, template: str | None, kind: str) -> None:
         if self.mode == "json":
