@@ -37,3 +37,12 @@ def test_echo_template_formats_text_replies_only(client_factory: ClientFactory) 
 def test_echo_template_must_use_only_data(template: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="template"):
         EchoEndpoint.configure(template=template)
+
+
+def test_echo_with_json_encoding_sends_json_text(client_factory: ClientFactory) -> None:
+    client = client_factory(Starlette(routes=[WebSocketRoute("/echo", EchoEndpoint.configure(encoding="json"))]))
+    with client.websocket_connect("/echo") as ws:
+        ws.send_text('{"a": [1, 2.5, "é"]}')
+        assert receive_text(ws) == '{"a":[1,2.5,"é"]}'
+        ws.send_bytes(b'"text"')
+        assert receive_text(ws) == '"text"'

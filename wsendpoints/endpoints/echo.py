@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket
 
+from .. import _json
 from .._options import OptionCheck, check_template
 from .base import Endpoint
 
@@ -14,6 +15,8 @@ __all__ = ["EchoEndpoint"]
 
 class EchoEndpoint(Endpoint):
     """Send each message back: text as text, bytes as bytes, in order.
+
+    With `encoding="json"` the decoded value goes back as compact JSON text.
 
     Option `template` formats text replies, with the received text as `{data}`.
 
@@ -34,6 +37,8 @@ class EchoEndpoint(Endpoint):
         if isinstance(data, bytes):
             await websocket.send({"type": "websocket.send", "bytes": data})
             return
+        if self.encoding == "json":  # decoded JSON goes back as JSON text
+            data = _json.dumps(data)
         template = self.template
         text = data if template is None else template.format(data=data)
         await websocket.send({"type": "websocket.send", "text": text})
