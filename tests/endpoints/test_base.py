@@ -507,3 +507,10 @@ def test_error_after_close_keeps_the_close(client_factory: ClientFactory, caplog
         assert expect_close(ws) == (4003, "first")
     assert Recorder.disconnects == [(4003, "first", "server")]
     assert "then fails" in caplog.text
+
+
+def test_closing_after_peer_left_never_raises() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "close"}]
+    sent = drive(Recorder, incoming, True)
+    assert [m["type"] for m in sent] == ["websocket.accept"]
+    assert Recorder.disconnects == [(4001, "bye", "server")]

@@ -55,13 +55,24 @@ class _Socket(WebSocket):
         self.endpoint = endpoint
         self.accepted = False
         self.peer_gone = False
+        self.open = False
+        """True from the accept until a close is sent or received, or the peer is found gone."""
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
+        if kind == "websocket.send" and self.open:
+            # The hot path: a data frame on an open connection needs none of Starlette's state checks.
+            try:
+                await self._send(message)
+            except _DISCONNECTED:
+                self.peer_gone, self.open = True, False
+                logger.debug("peer left before %s", kind)
+            return
         if self.peer_gone or WebSocketState.DISCONNECTED in (self.application_state, self.client_state):
             logger.debug("dropped %s on a closed connection", kind)
             return
         if kind == "websocket.close":
+            self.open = False
             code = int(message.get("code", CloseCode.NORMAL_CLOSURE))
             reason = cut_reason(message.get("reason") or "")
             message = {"type": "websocket.close", "code": code, "reason": reason}
@@ -69,7 +80,7 @@ class _Socket(WebSocket):
         try:
             await super().send(message)
         except _DISCONNECTED:
-            self.peer_gone = True
+            self.peer_gone, self.open = True, False
             logger.debug("peer left before %s", kind)
             return
         finally:
@@ -78,6 +89,7 @@ class _Socket(WebSocket):
                 self.endpoint._stop_receiving()
         if kind == "websocket.accept":
             self.accepted = True
+            self.open = True
 
 
 class Endpoint(WebSocketEndpoint):
@@ -245,6 +257,7 @@ class Endpoint(WebSocketEndpoint):
                         break
                 else:  # "websocket.disconnect", the only other message ASGI defines
                     websocket.client_state = WebSocketState.DISCONNECTED
+                    websocket.open = False
                     code = int(message.get("code", CloseCode.NORMAL_CLOSURE))
                     self._closed(code, message.get("reason") or "", "client")
                     break
