@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import suppress
@@ -20,15 +21,19 @@ class LoopHandle:
     `call` from another thread does nothing.
     """
 
-    __slots__ = ("_schedule", "thread")
+    __slots__ = ("_schedule", "clock", "thread")
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
         native = current_token().native_token
+        self.clock: Callable[[], float]
+        """The loop's clock, as `anyio.current_time()` reads it but without looking the backend up each time."""
         if isinstance(native, asyncio.AbstractEventLoop):
             self._schedule: Callable[[Callable[[], object]], object] = native.call_soon_threadsafe
+            self.clock = native.time
         else:  # a trio.lowlevel.TrioToken
             self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
+            self.clock = sys.modules["trio"].current_time
 
     def call(self, fn: Callable[[], object]) -> None:
         """Run `fn` in the loop's thread: now if this is it, else as soon as the loop can."""

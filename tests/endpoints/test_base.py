@@ -514,3 +514,9 @@ def test_closing_after_peer_left_never_raises() -> None:
     sent = drive(Recorder, incoming, True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
     assert Recorder.disconnects == [(4001, "bye", "server")]
+
+
+def test_echo_sending_after_peer_left_never_raises() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"hi"}]
+    sent = drive(EchoEndpoint, incoming, True)
+    assert [m["type"] for m in sent] == ["websocket.accept"]

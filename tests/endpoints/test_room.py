@@ -418,14 +418,11 @@ def test_writer_error_closes_1011(client_factory: ClientFactory, caplog: pytest.
     class BadSend(RoomEndpoint):
         async def on_connect(self, websocket: WebSocket) -> None:
             await super().on_connect(websocket)
-            original = websocket.send
 
-            async def send(message: Any) -> None:
-                if message.get("text") == "boom":
-                    raise RuntimeError("send bug")
-                await original(message)
+            async def send_text(text: str) -> None:
+                raise RuntimeError("send bug")
 
-            websocket.send = send  # type: ignore[method-assign]
+            websocket.send_text = send_text  # type: ignore[method-assign, assignment]
 
     endpoint = BadSend.configure(broker=MemoryBroker(), join_template=None)
     client = client_factory(room_app(endpoint))
@@ -489,6 +486,8 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
     for n in range(5):
         anyio.run(endpoint.broadcast, "lobby", f"m{n}")
     thread.join(10)
-    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    kinds = [m["type"] for m in sent]
+    assert kinds[0] == "websocket.accept"
+    assert set(kinds[1:-1]) <= {"websocket.send"}  # the writer may have got one out before the queue filled
     assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "slow consumer"}
     assert anyio.run(endpoint.members, "lobby") == []

@@ -120,18 +120,18 @@ def test_member_send_timeout_ends_a_stalled_writer() -> None:
 
 def test_member_slow_sends_that_progress_are_not_timed_out() -> None:
     async def scenario() -> None:
-        member = Member("me", 100, "close", 0.2)
+        member = Member("me", 200, "close", 0.5)
         sent: list[str] = []
 
         async def slow_send(payload: str) -> None:
-            await anyio.sleep(0.08)
+            await anyio.sleep(0.005)  # REFRESH (32) sends in about 0.2 s: slow, but within the timeout
             sent.append(payload)
 
-        for n in range(6):
+        for n in range(130):  # about 0.8 s of sending in one batch, longer than the timeout
             member.push(f"m{n}")
-        with anyio.move_on_after(1):
+        with anyio.move_on_after(3):
             await member.run(slow_send)
-        assert sent == [f"m{n}" for n in range(6)]
+        assert sent == [f"m{n}" for n in range(130)]
         assert member.stalled is None
 
     anyio.run(scenario)

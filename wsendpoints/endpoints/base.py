@@ -91,6 +91,17 @@ class _Socket(WebSocket):
             self.accepted = True
             self.open = True
 
+    async def send_text(self, data: str) -> None:
+        """Send a text frame, taking the shortest way to the server while the connection is open."""
+        if not self.open:
+            await self.send({"type": "websocket.send", "text": data})  # dropped, and logged
+            return
+        try:
+            await self._send({"type": "websocket.send", "text": data})
+        except _DISCONNECTED:
+            self.peer_gone, self.open = True, False
+            logger.debug("peer left before websocket.send")
+
 
 class Endpoint(WebSocketEndpoint):
     """A `WebSocketEndpoint` whose every connection ends with a deliberate close code.

@@ -132,7 +132,7 @@ class RoomEndpoint(Endpoint):
         self._key = ""
         self._exit_stack = AsyncExitStack()
         self._announced = False
-        self._sent: deque[float] = deque()
+        self._sent: deque[float] | None = None
 
     @property
     def dropped(self) -> int:
@@ -221,16 +221,13 @@ class RoomEndpoint(Endpoint):
         await websocket.close(code, reason)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
-        async def send(payload: str) -> None:
-            await websocket.send({"type": "websocket.send", "text": payload})
-
         async def close_stalled(reason: str) -> None:
             logger.info("closing %s with 1013: %s (user %r)", self._path(), reason, self.user)
             with anyio.move_on_after(1):  # a stalled peer may never take the close frame
                 await websocket.close(CloseCode.TRY_AGAIN_LATER, reason)
 
         try:
-            await member.run(send, close_stalled)
+            await member.run(websocket.send_text, close_stalled)
         except Exception:
             await self._fail(websocket)
 
@@ -272,6 +269,8 @@ class RoomEndpoint(Endpoint):
     def _over_rate_limit(self, count: int, seconds: float) -> bool:
         now = anyio.current_time()
         sent = self._sent
+        if sent is None:
+            sent = self._sent = deque()
         while sent and now - sent[0] >= seconds:
             sent.popleft()
         if len(sent) >= count:

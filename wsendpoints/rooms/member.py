@@ -22,6 +22,9 @@ __all__ = ["Member", "SlowConsumerPolicy"]
 
 SlowConsumerPolicy = Literal["close", "drop_oldest", "drop_newest"]
 
+REFRESH = 32
+"""How many sends of one batch may share a send deadline."""
+
 
 class Member:
     """A member of a room: its id, its outbound queue and its writer.
@@ -114,24 +117,26 @@ class Member:
         """
         queue = self._queue
         timeout = self._send_timeout
+        clock = self._handle.clock
         with anyio.CancelScope() as scope:
             self._scope = scope
             while not self.overflowed:
                 if not queue:
                     self._wakeup = wakeup = anyio.Event()
-                    if (
-                        not queue and not self.overflowed
-                    ):  # pragma: no branch - false only if another thread pushed just now
+                    # Check again: another thread may have pushed before it could see the new `_wakeup`.
+                    if not queue and not self.overflowed:  # pragma: no branch - that race is rare
                         await wakeup.wait()
                     self._wakeup = None
                     continue
-                scope.deadline = anyio.current_time() + timeout
+                # Each batch must make progress: the deadline moves on every REFRESH sends, so a member
+                # that takes nothing for `timeout` seconds is stopped, and one that is merely slow is not.
+                scope.deadline = clock() + timeout
+                sent = 0
                 while queue and not self.overflowed:
                     await send(queue.popleft())
-                    # Refresh the deadline at most every timeout/2: a stall ends between timeout/2 and timeout.
-                    now = anyio.current_time()
-                    if scope.deadline - now < timeout / 2:
-                        scope.deadline = now + timeout
+                    sent += 1
+                    if sent % REFRESH == 0:
+                        scope.deadline = clock() + timeout
                 scope.deadline = math.inf
         self._scope = None
         self.stalled = "slow consumer" if self.overflowed else "send timeout"
