@@ -10,6 +10,8 @@ from starlette.routing import WebSocketRoute
 
 from wsendpoints import EchoEndpoint, OKEndpoint
 
+__all__ = ["app"]
+
 app = Starlette(
     routes=[
         WebSocketRoute("/echo", EchoEndpoint),

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Make the programs the tests start available: redis-server (Debian package redis-server).
+# Make the programs the tests start available: redis-server and chromium (Debian packages of those
+# names; the browser tests drive the system Chromium with Playwright, which cannot download its own).
 # Installs with apt-get when missing and this user may; otherwise says what is missing.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

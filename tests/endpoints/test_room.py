@@ -16,7 +16,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from tests.conftest import ClientFactory
-from wsendpoints import BrokerClosedError, CloseCode, MemoryBroker, RoomEndpoint
+from wsendpoints import BrokerClosedError, BrokerUnavailableError, CloseCode, MemoryBroker, RoomEndpoint
 from wsendpoints.testing import (
     assert_no_message,
     assert_no_message_each,
@@ -491,3 +491,21 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
     assert set(kinds[1:-1]) <= {"websocket.send"}  # the writer may have got one out before the queue filled
     assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "slow consumer"}
     assert anyio.run(endpoint.members, "lobby") == []
+
+
+class Unreachable(MemoryBroker):
+    """A broker whose backend is down."""
+
+    async def join(self, room: str, member: str, user: str) -> int:
+        raise BrokerUnavailableError("cannot reach the backend")
+
+
+def test_room_join_while_the_broker_is_unreachable_closes_1013(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Unreachable()
+    client = client_factory(room_app(RoomEndpoint.configure(broker=broker)))
+    with client.websocket_connect("/rooms/lobby/ann") as ann:
+        assert expect_close(ann) == (CloseCode.TRY_AGAIN_LATER, "try again later")
+    assert broker.rooms() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -1,7 +1,7 @@
-"""The demo app behind `python -m wsendpoints`."""
+"""The demo app behind `python -m wsendpoints`: a home page, an echo page and a room chat page."""
 
 from __future__ import annotations
 
-from .app import create_app
+from .app import HEADERS, REDIS_URL_ENV, STATIC_FILES, create_app
 
-__all__ = ["create_app"]
+__all__ = ["HEADERS", "REDIS_URL_ENV", "STATIC_FILES", "create_app"]

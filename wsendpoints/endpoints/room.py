@@ -23,7 +23,7 @@ from .._options import OptionCheck, check_choice, check_number, check_pair, chec
 from ..brokers.base import Broker, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
-from ..exceptions import BrokerError
+from ..exceptions import BrokerError, BrokerUnavailableError
 from ..rooms.member import Member, SlowConsumerPolicy
 from .base import Endpoint
 
@@ -203,9 +203,13 @@ class RoomEndpoint(Endpoint):
             f"{_process}-{next(_member_ids)}", self.max_queue, self.slow_consumer, self.send_timeout
         )
         broker = self.broker
-        await self._exit_stack.enter_async_context(broker.subscribe(self._key, member.deliver))
-        self._exit_stack.push_async_callback(broker.leave, self._key, member.id)
-        count = await broker.join(self._key, member.id, user)
+        try:
+            await self._exit_stack.enter_async_context(broker.subscribe(self._key, member.deliver))
+            self._exit_stack.push_async_callback(broker.leave, self._key, member.id)
+            count = await broker.join(self._key, member.id, user)
+        except BrokerUnavailableError:
+            await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
+            return
         if self.max_members is not None and count > self.max_members:
             await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
             return

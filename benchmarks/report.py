@@ -1,0 +1,529 @@
+"""Summaries of the samples: the table, RESULTS.md, results.json and the chart of the ratios."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .peers import Peer
+from .procs import ROOT
+from .scenarios import Sample
+
+__all__ = [
+    "Row",
+    "Run",
+    "ScenarioResult",
+    "Target",
+    "environment",
+    "load",
+    "now",
+    "print_table",
+    "render",
+    "targets",
+    "write_results",
+]
+
+PACKAGES = ("uvicorn", "starlette", "fastapi", "websockets", "broadcaster", "redis", "anyio", "wsendpoints")
+
+
+@dataclass
+class Row:
+    """One peer in one scenario: its samples, one per repetition, and the ratio of each."""
+
+    peer: Peer
+    samples: list[Sample] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    cpu_ratios: list[float] = field(default_factory=list)
+    """Per repetition: the reference's server CPU per message / this peer's (higher is leaner)."""
+    reference: list[Sample] = field(default_factory=list)
+    """Slow consumer: the same peer's samples without the stopped reader."""
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        return statistics.median(self.cpu_ratios) if self.cpu_ratios else None
+
+    @property
+    def cpu_per_op(self) -> float | None:
+        values = [value for sample in self.samples if (value := sample.cpu_per_op) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def value(self) -> float:
+        return statistics.median(sample.value for sample in self.samples)
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+    def median_of(self, attribute: str) -> float | None:
+        values = [getattr(sample, attribute) for sample in self.samples]
+        present = [value for value in values if value is not None]
+        return statistics.median(present) if present else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peer": dataclasses.asdict(self.peer),
+            "samples": [dataclasses.asdict(sample) for sample in self.samples],
+            "reference": [dataclasses.asdict(sample) for sample in self.reference],
+            "ratios": self.ratios,
+            "cpu_ratios": self.cpu_ratios,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        peer = Peer(**{**data["peer"], "requires": tuple(data["peer"]["requires"])})
+        return cls(
+            peer,
+            [Sample(**sample) for sample in data["samples"]],
+            data["ratios"],
+            data["cpu_ratios"],
+            [Sample(**sample) for sample in data["reference"]],
+        )
+
+    @property
+    def lost(self) -> int:
+        return sum(sample.lost for sample in self.samples)
+
+    @property
+    def errors(self) -> int:
+        return sum(sample.errors for sample in self.samples)
+
+    @property
+    def stalled(self) -> int:
+        return sum(sample.stalled for sample in self.samples)
+
+    @property
+    def closed(self) -> int:
+        return sum(sample.closed for sample in self.samples)
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's rows, the first being the baseline.
+
+    Attributes:
+        key: "echo", "fanout100", ...
+        title: What it measures, for the table's heading.
+        unit: Unit of `Row.value` in the table.
+        ratio: What the ratio column is.
+        lower_is_better: True for memory.
+        scale: Divides `Row.value` for display (1024 to show bytes as KiB).
+    """
+
+    key: str
+    title: str
+    unit: str
+    ratio: str
+    rows: list[Row]
+    short: str = ""
+    """The title on the chart."""
+    lower_is_better: bool = False
+    scale: float = 1.0
+    latency: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rows"}
+        return {**fields, "rows": [row.to_json() for row in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScenarioResult:
+        return cls(**{**data, "rows": [Row.from_json(row) for row in data["rows"]]})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of issue 6's targets for wsendpoints, and whether this run met it."""
+
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None
+
+
+def _fmt_number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _fmt_range(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def _fmt_cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _row_notes(result: ScenarioResult, row: Row) -> str:
+    notes = []
+    reps = len(row.samples)
+    if result.key.startswith(("fanout", "slow", "redis")) and not row.stalled:
+        notes.append(f"{row.lost:,} lost" if row.lost else "nothing lost")
+    if row.stalled:
+        notes.append(f"stalled in {row.stalled}/{reps}")
+    if row.errors:
+        notes.append(f"{row.errors:,} errors")
+    if row.closed:
+        notes.append(f"{row.closed} closed by server")
+    server_cpu = row.median_of("server_cpu")
+    if result.key != "memory" and server_cpu is not None and server_cpu < 0.85 and not row.stalled:
+        notes.append("server under 85% busy: disturbed, or waiting")
+    if row.reference:
+        normal = statistics.median(sample.value for sample in row.reference)
+        notes.append(f"without it: {normal:,.0f}/s")
+        growth = statistics.median(sample.rss_growth for sample in row.samples) / 2**20
+        notes.append(f"server RSS {growth:+,.1f} MiB while it stopped")
+    return "; ".join(notes)
+
+
+def table_lines(result: ScenarioResult) -> list[str]:
+    """The Markdown table of one scenario."""
+    head = ["peer", result.unit, "ratio", "range"]
+    if result.key != "memory":
+        head += ["server CPU µs/msg", "CPU ratio"]
+    if result.latency:
+        head += ["p50 µs", "p99 µs"]
+    if result.key != "memory":
+        head += ["server CPU", "client CPU"]
+    head += ["notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+    for row in result.rows:
+        cells = [
+            f"**{row.peer.label}**" if row.peer.ours else row.peer.label,
+            _fmt_number(row.value / result.scale, 1 if result.scale != 1 else 0),
+            _fmt_ratio(row.ratio),
+            _fmt_range(row.ratios),
+        ]
+        if result.key != "memory":
+            cells += [_fmt_number(row.cpu_per_op, 1), _fmt_ratio(row.cpu_ratio)]
+        if result.latency:
+            cells += [_fmt_number(row.median_of("p50_us")), _fmt_number(row.median_of("p99_us"))]
+        if result.key != "memory":
+            cells += [_fmt_cpu(row.median_of("server_cpu")), _fmt_cpu(row.median_of("client_cpu"))]
+        cells.append(_row_notes(result, row))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def print_table(results: list[ScenarioResult]) -> None:
+    for result in results:
+        print(f"\n{result.title}\n  ratio: {result.ratio}")
+        for line in table_lines(result):
+            print("  " + line)
+
+
+# targets
+
+
+def _paired(mine: list[Sample], theirs: list[Sample]) -> tuple[float | None, float | None]:
+    """Median ratios of `mine` to `theirs`, repetition by repetition: of the values, and of CPU efficiency."""
+    values = [a.value / b.value for a, b in zip(mine, theirs, strict=False) if b.value]
+    cpu = [
+        b.cpu_per_op / a.cpu_per_op
+        for a, b in zip(mine, theirs, strict=False)
+        if a.cpu_per_op is not None and b.cpu_per_op is not None
+    ]
+    return (statistics.median(values) if values else None, statistics.median(cpu) if cpu else None)
+
+
+def _both(value: float | None, cpu: float | None, at_least: float) -> tuple[str, bool | None]:
+    """Show a throughput ratio with its CPU ratio; met only if both reach `at_least`."""
+    if value is None:
+        return "-", None
+    shown = _fmt_ratio(value) + (f" (CPU {_fmt_ratio(cpu)})" if cpu is not None else "")
+    return shown, value >= at_least and (cpu is None or cpu >= at_least)
+
+
+def targets(results: list[ScenarioResult]) -> list[Target]:
+    """Check wsendpoints against issue 6's targets, for the scenarios that ran.
+
+    A throughput target counts as met only when the CPU ratio (server CPU per message) reaches
+    it too: on a busy machine one repetition can get more of the core than another, and the
+    throughput ratio then says more about the machine than about the peers.
+    """
+    by_key = {result.key: result for result in results}
+    found: list[Target] = []
+
+    def row_of(key: str, match: Callable[[Peer], bool]) -> Row | None:
+        result = by_key.get(key)
+        return None if result is None else next((row for row in result.rows if match(row.peer)), None)
+
+    for key, name in (("echo", "EchoEndpoint round trips"), ("ok", "OKEndpoint round trips")):
+        row = row_of(key, lambda peer: peer.ours)
+        if row is not None and row.ratio is not None:
+            shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
+            found.append(Target(name, ">= 0.95x raw ASGI", shown, met))
+    for key in sorted((key for key in by_key if key.startswith("fanout")), key=lambda k: int(k[6:])):
+        row = row_of(key, lambda peer: peer.ours)
+        if row is None or row.ratio is None:
+            continue
+        members = key[6:]
+        clean = row.lost == 0 and not row.stalled and not row.errors
+        shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
+        found.append(
+            Target(
+                f"RoomEndpoint fan-out, {members} members",
+                ">= 0.95x raw ASGI, nothing lost",
+                shown + ("" if clean else f"; {_row_notes(by_key[key], row)}"),
+                bool(met) and clean,
+            )
+        )
+        for peer in ("fastapi", "broadcaster"):
+            them = row_of(key, lambda other, peer=peer: other.key == peer)  # type: ignore[misc]
+            if them is not None:
+                shown, met = _both(*_paired(row.samples, them.samples), 1.25)
+                found.append(Target(f"RoomEndpoint vs {them.peer.label}, {members} members", ">= 1.25x", shown, met))
+    row = row_of("slow", lambda peer: peer.ours)
+    if row is not None and row.ratio is not None:
+        shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
+        found.append(
+            Target(
+                "slow consumer: the others' rate",
+                ">= 0.95x of the room without it; no stall, nothing lost",
+                shown + (f"; stalled in {row.stalled}" if row.stalled else "; no stall"),
+                bool(met) and not row.stalled and row.lost == 0,
+            )
+        )
+    row = row_of("memory", lambda peer: peer.ours)
+    if row is not None and row.ratio is not None:
+        found.append(Target("idle memory per member", "<= 1.15x raw ASGI", _fmt_ratio(row.ratio), row.ratio <= 1.15))
+    row = row_of("redis", lambda peer: peer.ours)
+    if row is not None and row.ratio is not None:
+        shown, _ = _both(row.ratio, row.cpu_ratio, 0.0)
+        found.append(Target("Redis fan-out, two processes", "(none; against raw ASGI + redis-py pub/sub)", shown, None))
+    return found
+
+
+# environment
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+def environment() -> dict[str, Any]:
+    """Machine, versions and load, for RESULTS.md."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem = next((line.split()[1] for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), "")
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    redis_server = shutil.which("redis-server")
+    if redis_server:
+        try:
+            out = subprocess.run([redis_server, "--version"], capture_output=True, text=True, timeout=10, check=False)
+            versions["redis-server"] = next(
+                (word[2:] for word in out.stdout.split() if word.startswith("v=")), out.stdout.strip()
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / 1024 / 1024, 1) if mem.isdigit() else None,
+        "kernel": platform.release(),
+        "os": platform.platform(terse=True),
+        "versions": versions,
+        "commit": (commit + (" with uncommitted changes" if dirty else "")) if commit else "unknown",
+        "loadavg": _read("/proc/loadavg").split()[:3],
+    }
+
+
+# output
+
+
+@dataclass
+class Run:
+    """Everything a run produced: what `results.json` holds and `RESULTS.md` shows."""
+
+    command: str
+    measured_at: str
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[ScenarioResult]
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "results"}
+        return {"format": 1, **fields, "results": [result.to_json() for result in self.results]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        fields = {name: value for name, value in data.items() if name not in ("format", "results", "targets")}
+        return cls(**fields, results=[ScenarioResult.from_json(result) for result in data["results"]])
+
+
+def markdown(run: Run, chart: str | None, chart_note: str = "") -> str:
+    """The text of RESULTS.md."""
+    env = run.environment
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {run.measured_at} with `{run.command}` on commit {env['commit']}.",
+        "Ratios are against the raw ASGI baseline measured in the same run, paired repetition by repetition",
+        "(the median of the per-repetition ratios; *range* is the lowest and highest of them). *CPU ratio*",
+        "compares server CPU per message the same way; it does not depend on how much of its core a server",
+        "got, so on a busy machine it is the steadier of the two. See `benchmarks/README.md`.",
+        "",
+    ]
+    if chart is not None:
+        lines += [f"![Ratios to raw ASGI]({chart})", ""]
+    elif chart_note:
+        lines += [chart_note, ""]
+    found = targets(run.results)
+    if found:
+        lines += [
+            "## wsendpoints against the targets of issue 6",
+            "",
+            "Throughput targets count as met only when the CPU ratio reaches them too.",
+            "",
+            "| target | wanted | measured | met |",
+            "|---|---|---|---|",
+        ]
+        for target in found:
+            met = "-" if target.met is None else ("yes" if target.met else "**no**")
+            lines.append(f"| {target.name} | {target.wanted} | {target.measured} | {met} |")
+        lines.append("")
+    lines += ["## Results", ""]
+    for result in run.results:
+        lines += [f"### {result.title}", "", f"Ratio: {result.ratio}.", ""]
+        lines += table_lines(result)
+        lines += [""] + [f"- {note}" for note in result.notes] + ([""] if result.notes else [])
+    lines += [
+        "## Machine and versions",
+        "",
+        f"- CPU: {env['cpu']}, {env['cores']} cores; {env['memory_gib']} GiB memory; {env['os']}",
+        f"- Load average (1, 5, 15 min) when the run started: {' '.join(env['loadavg'])}; when it ended: "
+        + " ".join(env.get("loadavg_end", [])),
+        "- " + ", ".join(f"{name} {version}" for name, version in env["versions"].items()),
+        "",
+        "## Settings",
+        "",
+    ]
+    lines += [f"- {name}: {value}" for name, value in run.settings.items()]
+    notes = [*run.notes, *(f"Skipped: {skip}" for skip in run.skipped)]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def render(run: Run, out: Path, chart: bool) -> list[Path]:
+    """Write RESULTS.md and (with matplotlib) ratios.png into `out`; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    chart_note = ""
+    if chart:
+        try:
+            draw_chart(run.results, out / "ratios.png")
+            written.append(out / "ratios.png")
+        except ImportError:
+            chart_note = "No chart: matplotlib is not installed (`pip install -r benchmarks/requirements.txt`)."
+    results_md = out / "RESULTS.md"
+    results_md.write_text(markdown(run, "ratios.png" if written else None, chart_note))
+    return [results_md, *written]
+
+
+def write_results(run: Run, out: Path, chart: bool) -> list[Path]:
+    """Write results.json, RESULTS.md and (with matplotlib) ratios.png into `out`; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    results_json = out / "results.json"
+    data = run.to_json()
+    data["targets"] = [dataclasses.asdict(target) for target in targets(run.results)]
+    results_json.write_text(json.dumps(data, indent=1) + "\n")
+    return [*render(run, out, chart), results_json]
+
+
+def load(path: Path) -> Run:
+    """Read a run back from its results.json."""
+    return Run.from_json(json.loads(path.read_text()))
+
+
+def now() -> str:
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def draw_chart(results: list[ScenarioResult], path: Path) -> None:
+    """Draw each scenario's ratios as horizontal bars, ours highlighted; ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [result for result in results if any(row.ratio is not None for row in result.rows)]
+    if not shown:
+        return
+    heights = [0.6 + 0.32 * len(result.rows) for result in shown]
+    figure, axes = plt.subplots(
+        len(shown), 1, figsize=(8.5, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights}, squeeze=False
+    )
+    for axis, result in zip(axes[:, 0], shown, strict=True):
+        rows = [row for row in result.rows if row.ratio is not None]
+        ratios = [row.ratio or 0.0 for row in rows]
+        low = [ratio - min(row.ratios) for ratio, row in zip(ratios, rows, strict=True)]
+        high = [max(row.ratios) - ratio for ratio, row in zip(ratios, rows, strict=True)]
+        colors = ["#d95f02" if row.peer.ours else ("#7f7f7f" if row.peer.baseline else "#1b9e77") for row in rows]
+        positions = list(range(len(rows)))[::-1]
+        axis.barh(positions, ratios, color=colors, xerr=[low, high], ecolor="#555555", capsize=2, height=0.7)
+        cpu = [(position, row.cpu_ratio) for position, row in zip(positions, rows, strict=True) if row.cpu_ratio]
+        if cpu:
+            axis.plot([c for _, c in cpu], [p for p, _ in cpu], "D", color="black", markersize=3.5, label="CPU ratio")
+        axis.set_yticks(positions, [row.peer.label for row in rows], fontsize=8)
+        axis.axvline(1.0, color="#333333", linewidth=0.8)
+        axis.axvline(1.15 if result.lower_is_better else 0.95, color="#d95f02", linewidth=0.8, linestyle="--")
+        right = max([*ratios, *(max(row.ratios) for row in rows), *(c for _, c in cpu)])
+        for position, ratio, row in zip(positions, ratios, rows, strict=True):
+            text = f"{ratio:.2f}x" + (f" (CPU {row.cpu_ratio:.2f}x)" if row.cpu_ratio else "")
+            axis.text(max(ratio, max(row.ratios)) + right * 0.01, position, text, va="center", fontsize=7)
+        axis.set_title(result.short or result.key, fontsize=9, loc="left")
+        axis.tick_params(axis="x", labelsize=8)
+        axis.set_xlim(0, max(1.3, right * 1.3))
+    figure.suptitle(
+        "wsendpoints and its peers: throughput ratios to raw ASGI in the same run\n"
+        "(bars: median, whiskers: range over repetitions; diamonds: CPU ratio; dashed: the target)",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,393 @@
+"""The measurements: one `Sample` of one peer in one scenario, taken by the load client.
+
+Every figure comes from a measurement window opened after a warm-up: the client counts what
+completes inside the window, and reads the CPU time the server processes and the client used
+over exactly that window, so a reader can tell which side was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from time import perf_counter
+from typing import TypeVar
+
+from .client import (
+    Connection,
+    EchoClient,
+    EchoRun,
+    FanoutRun,
+    Idle,
+    ReadHub,
+    Receiver,
+    Sender,
+    close_all,
+    connect,
+    connect_many,
+)
+from .procs import Process, process_cpu_seconds
+
+__all__ = [
+    "HOST",
+    "Fanout",
+    "Sample",
+    "Settings",
+    "Window",
+    "echo_sample",
+    "memory_sample",
+    "percentiles",
+    "settle",
+]
+
+HOST = "127.0.0.1"
+SENDER = "s"
+"""The sending member's user name: receivers read the sequence number after `"s: "`."""
+T = TypeVar("T", bound=Connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Sizes and times of a run; `--quick`, `--smoke` and the full run differ only here."""
+
+    reps: int
+    warmup: float
+    duration: float
+    echo_clients: int = 50
+    echo_size: int = 32
+    fanout_sizes: tuple[int, ...] = (100, 1000)
+    window: int = 8
+    message_size: int = 32
+    slow_reps: int = 1
+    slow_members: int = 100
+    slow_size: int = 4096
+    slow_warmup: float = 2.0
+    slow_duration: float = 2.0
+    slow_rcvbuf: int = 4096
+    idle_members: int = 2000
+    redis_members: int = 100
+    stall_after: float = 1.0
+    read_pace: float = 0.001
+
+
+@dataclass(slots=True)
+class Sample:
+    """One measurement of one peer.
+
+    Attributes:
+        value: The figure: round trips/s, deliveries/s, or bytes per idle member.
+        p50_us: Median round-trip or delivery latency in the window, microseconds.
+        p99_us: 99th percentile of the same.
+        server_cpu: CPU time of the server processes over the window, as a fraction of one core.
+        client_cpu: CPU time of the load client over the window, as a fraction of one core.
+        lost: Messages a healthy member never received.
+        errors: Wrong replies, or messages out of order.
+        stalled: Whether deliveries stopped for `stall_after` seconds or more.
+        closed: Healthy connections the server closed during the run.
+        rss_growth: How much the (first) server's RSS grew over warm-up and window, in bytes.
+    """
+
+    value: float
+    p50_us: float | None = None
+    p99_us: float | None = None
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    lost: int = 0
+    errors: int = 0
+    stalled: bool = False
+    closed: int = 0
+    rss_growth: int = 0
+
+    @property
+    def cpu_per_op(self) -> float | None:
+        """Server CPU microseconds per round trip or delivery, or None without any."""
+        if not self.value or not self.server_cpu:
+            return None
+        return self.server_cpu / self.value * 1e6
+
+
+def percentiles(latencies: list[int]) -> tuple[float | None, float | None]:
+    """Return p50 and p99 of `latencies` (nanoseconds) in microseconds."""
+    if not latencies:
+        return None, None
+    ordered = sorted(latencies)
+    last = len(ordered) - 1
+    return ordered[round(0.5 * last)] / 1000, ordered[round(0.99 * last)] / 1000
+
+
+class Window:
+    """A measurement window over some server processes and this (client) process."""
+
+    def __init__(self, servers: Sequence[Process]) -> None:
+        self.servers = servers
+        self.elapsed = 0.0
+        self.server_cpu = 0.0
+        self.client_cpu = 0.0
+
+    def open(self) -> None:
+        self._client = process_cpu_seconds()
+        self._server = sum(server.cpu() for server in self.servers)
+        self._start = perf_counter()
+
+    def close(self) -> None:
+        self.elapsed = perf_counter() - self._start
+        server = sum(server.cpu() for server in self.servers)
+        client = process_cpu_seconds()
+        self.server_cpu = (server - self._server) / self.elapsed
+        self.client_cpu = (client - self._client) / self.elapsed
+
+
+async def settle(servers: Sequence[Process], busy: float = 0.05, limit: float = 3.0) -> None:
+    """Wait until the servers use under `busy` of a core over 0.1 s, for at most `limit` seconds."""
+    gc.collect()
+    deadline = perf_counter() + limit
+    while perf_counter() < deadline:
+        before = sum(server.cpu() for server in servers)
+        await asyncio.sleep(0.1)
+        if sum(server.cpu() for server in servers) - before < busy * 0.1:
+            return
+
+
+def _factories(make: Callable[[], T], count: int) -> list[Callable[[], T]]:
+    return [make] * count
+
+
+# echo and OK
+
+
+async def echo_sample(
+    server: Process, path: str, settings: Settings, payload: bytes, expect: bytes, clients: int
+) -> Sample:
+    """Closed-loop round trips: `clients` connections, each with one message in flight."""
+    run = EchoRun()
+    make = partial(EchoClient, HOST, server.port, path, run, payload, expect)
+    connections = await connect_many(_factories(make, clients))
+    window = Window([server])
+    try:
+        for connection in connections:
+            connection.start()
+        await asyncio.sleep(settings.warmup)
+        run.recording = True
+        window.open()
+        await asyncio.sleep(settings.duration)
+        window.close()
+        run.recording = False
+        run.running = False
+        await asyncio.wait_for(run.idle.wait(), 10)
+    finally:
+        await close_all(connections)
+    p50, p99 = percentiles(run.latencies)
+    return Sample(
+        value=run.count / window.elapsed,
+        p50_us=p50,
+        p99_us=p99,
+        server_cpu=window.server_cpu,
+        client_cpu=window.client_cpu,
+        errors=run.errors,
+        closed=sum(connection.close_code is not None for connection in connections),
+    )
+
+
+# fan-out
+
+
+class Fanout:
+    """One sender and `members` receivers in one room, kept open across repetitions.
+
+    Receivers are spread over `servers` in turn (the two-process scenario); the sender joins
+    the first server. `slow` makes one more receiver, with a small receive buffer, that
+    `sample(stop_reading=True)` stops reading.
+    """
+
+    def __init__(
+        self, servers: Sequence[Process], room: str, members: int, settings: Settings, size: int, slow: bool = False
+    ) -> None:
+        self.servers = servers
+        self.room = room
+        self.members = members
+        self.settings = settings
+        self.size = size
+        self.slow = slow
+        self.run = FanoutRun(settings.window, size)
+        self.receivers: list[Receiver] = []
+        self.sender: Sender | None = None
+        self.slow_receiver: Receiver | None = None
+        self.hub: ReadHub | None = None
+
+    def _path(self, user: str) -> str:
+        return f"/rooms/{self.room}/{user}"
+
+    async def open(self) -> None:
+        prefix = len(SENDER) + 2
+        makes = [
+            partial(Receiver, HOST, self.servers[i % len(self.servers)].port, self._path(f"u{i}"), self.run, prefix)
+            for i in range(self.members)
+        ]
+        # The first member of each server joins alone: broadcaster loses subscribers that join a
+        # channel concurrently with its first one (it awaits the backend, then overwrites the set).
+        first = len(self.servers)
+        self.receivers = await connect_many(makes[:first], concurrency=1)
+        await asyncio.sleep(0.2)
+        self.receivers += await connect_many(makes[first:])
+        if self.slow:
+            last = self.servers[self.members % len(self.servers)].port
+            slow = partial(Receiver, HOST, last, self._path("slow"), self.run, prefix, healthy=False)
+            self.slow_receiver = await connect(slow, rcvbuf=self.settings.slow_rcvbuf)
+        self.hub = ReadHub(self.settings.read_pace)
+        for receiver in self._all():
+            self.hub.add(receiver)
+        self.sender = await connect(partial(Sender, HOST, self.servers[0].port, self._path(SENDER)))
+        self.run.sender = self.sender
+        self.run.healthy = len(self.receivers)
+        await self._sync()
+
+    async def close(self) -> None:
+        everyone: list[Connection] = [*self.receivers]
+        if self.slow_receiver is not None:
+            everyone.append(self.slow_receiver)
+        if self.sender is not None:
+            everyone.append(self.sender)
+        await close_all(everyone)
+        if self.hub is not None:
+            self.hub.close()
+
+    def _all(self) -> list[Receiver]:
+        return [*self.receivers, *([self.slow_receiver] if self.slow_receiver is not None else [])]
+
+    async def _sync(self, timeout: float = 20.0) -> None:
+        """Probe until every receiver receives what the sender sends: all have joined the room."""
+        sender = self.sender
+        assert sender is not None
+        receivers = self._all()
+        deadline = perf_counter() + timeout
+        number = 0
+        while not all(receiver.last_probe > 0 for receiver in receivers):
+            if perf_counter() > deadline:
+                missing = sum(receiver.last_probe <= 0 for receiver in receivers)
+                raise TimeoutError(f"{missing} of {len(receivers)} members never received a message")
+            number += 1
+            sender.probe(number, self.size)
+            await asyncio.sleep(0.05)
+        number += 1
+        sender.probe(number, self.size)
+        while not all(receiver.last_probe == number for receiver in receivers):
+            if perf_counter() > deadline:
+                raise TimeoutError("members did not settle on the last probe")
+            await asyncio.sleep(0.005)
+        for receiver in receivers:
+            receiver.count = 0
+            receiver.errors = 0
+
+    async def sample(self, stop_reading: bool = False) -> Sample:
+        """Run the sender for warm-up + window; `stop_reading` pauses the slow receiver first."""
+        settings = self.settings
+        run = self.run
+        warmup, duration = (
+            (settings.slow_warmup, settings.slow_duration) if self.slow else (settings.warmup, settings.duration)
+        )
+        if stop_reading:
+            assert self.slow_receiver is not None
+            assert self.hub is not None
+            self.hub.stop_reading(self.slow_receiver)
+        rss_before = self.servers[0].rss()
+        run.running = True
+        run.pump()
+        window = Window(self.servers)
+        stalled = False
+        progress_at = perf_counter()
+        last_completed = run.completed
+
+        async def watch(seconds: float) -> None:
+            nonlocal stalled, progress_at, last_completed
+            end = perf_counter() + seconds
+            while (now := perf_counter()) < end:
+                if run.completed != last_completed:
+                    last_completed, progress_at = run.completed, now
+                elif now - progress_at >= settings.stall_after:
+                    stalled = True
+                await asyncio.sleep(min(0.05, max(0.0, end - now)))
+
+        await watch(warmup)
+        before = sum(receiver.count for receiver in self.receivers)
+        run.recording = True
+        window.open()
+        await watch(duration)
+        window.close()
+        run.recording = False
+        rss_growth = self.servers[0].rss() - rss_before
+        delivered = sum(receiver.count for receiver in self.receivers) - before
+        run.running = False
+        # drain: everything sent must reach every healthy member (unless the room stalled)
+        deadline = perf_counter() + (settings.stall_after if stalled else 10.0)
+        while run.completed < run.sent and perf_counter() < deadline:
+            run.progress.clear()
+            try:
+                await asyncio.wait_for(run.progress.wait(), max(0.0, deadline - perf_counter()))
+            except asyncio.TimeoutError:
+                break
+        if run.completed < run.sent:
+            stalled = True
+        lost = sum(run.sent - receiver.count for receiver in self.receivers)
+        errors = sum(receiver.errors for receiver in self.receivers)
+        closed = sum(receiver.closed.done() for receiver in self.receivers)
+        p50, p99 = percentiles(run.latencies)
+        sample = Sample(
+            value=delivered / window.elapsed,
+            p50_us=p50,
+            p99_us=p99,
+            server_cpu=window.server_cpu,
+            client_cpu=window.client_cpu,
+            lost=lost if not stalled else 0,
+            errors=errors,
+            stalled=stalled,
+            closed=closed,
+            rss_growth=rss_growth,
+        )
+        self._reset()
+        return sample
+
+    def _reset(self) -> None:
+        run = self.run
+        run.latencies = []
+        run.sent = run.completed = 0
+        run.ring = [0] * len(run.ring)
+        for receiver in self._all():
+            receiver.count = 0
+            receiver.errors = 0
+
+
+# memory
+
+
+async def memory_sample(server: Process, path: Callable[[int], str], members: int, warm: int = 50) -> Sample:
+    """Open `members` idle connections; `value` is the server's RSS growth per connection, in bytes."""
+
+    def makes(count: int, offset: int) -> list[Callable[[], Idle]]:
+        return [partial(Idle, HOST, server.port, path(offset + i)) for i in range(count)]
+
+    warmup = await connect_many(makes(warm, members))
+    await close_all(warmup)
+    await settle([server])
+    await asyncio.sleep(0.2)
+    before = server.rss()
+    connections = await connect_many(makes(members, 0))
+    try:
+        await settle([server])
+        readings = [server.rss()]
+        for _ in range(20):  # until RSS holds still, at most ~2 s
+            await asyncio.sleep(0.1)
+            readings.append(server.rss())
+            if abs(readings[-1] - readings[-2]) < 0.001 * readings[-1]:
+                break
+        after = readings[-1]
+        closed = sum(connection.closed.done() for connection in connections)
+    finally:
+        await close_all(connections)
+    return Sample(value=(after - before) / members, closed=closed)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,53 @@
+"""The app the `tests/multiprocess` servers run: `RoomEndpoint` on `RedisBroker`, plus a few HTTP routes.
+
+Each server process imports its own module (`app_one`, `app_two`), which makes its app here. The
+Redis URL and the presence TTL come from the environment, as `MULTIPROCESS_REDIS_URL` and
+`MULTIPROCESS_PRESENCE_TTL`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from wsendpoints import RoomEndpoint
+from wsendpoints.brokers.redis import RedisBroker
+
+__all__ = ["make_app"]
+
+
+def make_app() -> Starlette:
+    """Serve rooms at /rooms/{room}/{user}, GET /members/{room} and POST /broadcast/{room} (body: the text)."""
+    broker = RedisBroker(
+        os.environ["MULTIPROCESS_REDIS_URL"],
+        presence_ttl=float(os.environ["MULTIPROCESS_PRESENCE_TTL"]),
+        max_backoff=0.5,
+    )
+    chat = RoomEndpoint.configure(broker=broker)
+
+    async def members(request: Request) -> JSONResponse:
+        return JSONResponse(await chat.members(request.path_params["room"]))
+
+    async def broadcast(request: Request) -> Response:
+        await chat.broadcast(request.path_params["room"], (await request.body()).decode())
+        return Response(status_code=204)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with broker:
+            yield
+
+    return Starlette(
+        routes=[
+            WebSocketRoute("/rooms/{room}/{user}", chat),
+            Route("/members/{room}", members),
+            Route("/broadcast/{room}", broadcast, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,103 @@
+// The room chat page: RoomEndpoint in JSON mode on /rooms/{room}/{user}.
+// Clients send {"text": ...}; the server sends "presence" (to a joiner, first), "join",
+// "leave" and "message" envelopes. A message with user null is a broadcast from the server.
+import { addLine, describeClose, keepConnected, socketURL } from "/socket.js";
+
+const params = new URLSearchParams(location.search);
+const room = params.get("room") ?? "";
+const user = params.get("user") ?? "";
+
+const log = document.getElementById("log");
+const presence = document.getElementById("presence");
+const input = document.getElementById("message");
+document.getElementById("room").value = room || "lobby";
+document.getElementById("user").value = user;
+
+// The names present. A join notice may name someone already listed: it was published just
+// before this page's connection subscribed. After a leave, the server's list is read again,
+// since another connection may have the same name.
+const present = new Set();
+let news = 0; // counts presence changes, so that a slow re-read never undoes a newer one
+
+function showPresence(names) {
+  present.clear();
+  for (const name of names) present.add(name);
+  presence.replaceChildren();
+  for (const name of [...present].sort()) {
+    const item = document.createElement("li");
+    item.textContent = name;
+    presence.append(item);
+  }
+}
+
+async function rereadPresence() {
+  const asked = ++news;
+  try {
+    const response = await fetch(`/rooms/${encodeURIComponent(room)}/members`, { cache: "no-store" });
+    const body = await response.json();
+    if (response.ok && asked === news) showPresence(body.users);
+  } catch {
+    // keep the list as the notices left it
+  }
+}
+
+function handle(data) {
+  let envelope;
+  try {
+    envelope = JSON.parse(data);
+  } catch {
+    addLine(log, `unreadable message from the server: ${data}`, "error");
+    return;
+  }
+  switch (envelope.type) {
+    case "presence":
+      news++;
+      showPresence(envelope.users);
+      break;
+    case "join":
+      news++;
+      showPresence([...present, envelope.user]);
+      addLine(log, `${envelope.user} joined the chat`, "notice");
+      break;
+    case "leave":
+      news++;
+      present.delete(envelope.user);
+      showPresence([...present]);
+      addLine(log, `${envelope.user} left the chat`, "notice");
+      rereadPresence();
+      break;
+    case "message":
+      if (envelope.user === null) addLine(log, `server: ${envelope.text}`, "notice");
+      else addLine(log, `${envelope.user}: ${envelope.text}`);
+      break;
+    default:
+      addLine(log, `unknown message from the server: ${data}`, "error");
+  }
+}
+
+if (room && user) {
+  document.getElementById("chat").hidden = false;
+  document.getElementById("title").textContent = `${user} in ${room}`;
+  document.title = `${room} · wsendpoints demo`;
+  const path = `/rooms/${encodeURIComponent(room)}/${encodeURIComponent(user)}`;
+  const socket = keepConnected(socketURL(path), document.getElementById("status"), {
+    onMessage: handle,
+    onClose: (event) => {
+      news++;
+      showPresence([]);
+      addLine(log, `connection closed: ${describeClose(event)}`, "error");
+    },
+  });
+  document.getElementById("send").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (socket.send(JSON.stringify({ text: input.value }))) {
+      addLine(log, `${user}: ${input.value}`, "mine");
+      input.value = "";
+    } else {
+      addLine(log, "not connected; try again in a moment", "error");
+    }
+  });
+  input.focus();
+} else {
+  document.getElementById(room ? "user" : "room").focus();
+}
