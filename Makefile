@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml benchmarks/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,redis,demo]"
+	$(BIN)/python -m pip install --quiet -e ".[test,redis,demo]" -r benchmarks/requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,7 +31,6 @@ test: $(STAMP) system-deps
 	$(BIN)/coverage report
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python -m benchmarks --quick
 
 clean:
