@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench system-deps clean
 
-$(STAMP): pyproject.toml benchmarks/requirements.txt
+$(STAMP): pyproject.toml benchmarks/requirements.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,redis,demo]" -r benchmarks/requirements.txt
