@@ -457,7 +457,7 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
     """A member whose socket stops taking data is closed once its queue overflows."""
     endpoint = fresh(max_queue=2, join_template=None)
     sent: list[Message] = []
-    connected = threading.Event()
+    connected, sending = threading.Event(), threading.Event()
 
     async def scenario() -> None:
         stall = anyio.Event()
@@ -473,6 +473,7 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
             if message["type"] == "websocket.accept":
                 connected.set()
             elif message["type"] == "websocket.send":
+                sending.set()
                 await stall.wait()  # the peer stopped reading
 
         scope: dict[str, Any] = {"type": "websocket", "path": "/rooms/lobby/ann", "headers": [], "query_string": b""}
@@ -483,12 +484,12 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
     thread = threading.Thread(target=anyio.run, args=(scenario,))
     thread.start()
     assert connected.wait(5)
-    for n in range(5):
+    anyio.run(endpoint.broadcast, "lobby", "m0")
+    assert sending.wait(5)  # the writer is stuck sending m0
+    for n in range(1, 5):
         anyio.run(endpoint.broadcast, "lobby", f"m{n}")
     thread.join(10)
-    kinds = [m["type"] for m in sent]
-    assert kinds[0] == "websocket.accept"
-    assert set(kinds[1:-1]) <= {"websocket.send"}  # the writer may have got one out before the queue filled
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
     assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "slow consumer"}
     assert anyio.run(endpoint.members, "lobby") == []
 
