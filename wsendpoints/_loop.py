@@ -5,12 +5,48 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import Protocol
 
+import anyio
 from anyio.lowlevel import current_token
 
-__all__ = ["LoopHandle"]
+__all__ = ["LoopHandle", "Waiter", "Watched"]
+
+
+class Waiter(Protocol):
+    """Something one task waits on until another sets it."""
+
+    def set(self) -> None: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+class _FutureWaiter:
+    """A `Waiter` on one bare asyncio future: cheaper than an `anyio.Event` for a single waiter."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future = loop.create_future()
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def wait(self) -> Awaitable[object]:
+        return self._future
+
+
+class Watched(Protocol):
+    """What the asyncio watchdog checks: see `LoopHandle.watch`."""
+
+    def check_stall(self, now: float) -> None: ...
+
+
+_asyncio_handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandle] = weakref.WeakKeyDictionary()
 
 
 class LoopHandle:
@@ -19,21 +55,45 @@ class LoopHandle:
     `call(fn)` runs `fn` at once when called from that thread, else schedules it there and
     returns; calls from one thread run in the order they were made. After the loop has ended,
     `call` from another thread does nothing.
+
+    On asyncio one handle serves the whole loop (`current()`), and its watchdog checks every
+    watched object a few times per timeout with one timer, instead of one timer each.
     """
 
-    __slots__ = ("_schedule", "clock", "thread")
+    __slots__ = ("__weakref__", "_loop", "_period", "_schedule", "_timer", "_watched", "clock", "thread")
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
         native = current_token().native_token
         self.clock: Callable[[], float]
         """The loop's clock, as `anyio.current_time()` reads it but without looking the backend up each time."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched: set[Watched] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._period = 0.5
         if isinstance(native, asyncio.AbstractEventLoop):
+            self._loop = native
             self._schedule: Callable[[Callable[[], object]], object] = native.call_soon_threadsafe
             self.clock = native.time
         else:  # a trio.lowlevel.TrioToken
             self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
             self.clock = sys.modules["trio"].current_time
+
+    @classmethod
+    def current(cls) -> LoopHandle:
+        """Return the handle of the running loop: one per asyncio loop, a new one on trio."""
+        native = current_token().native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            handle = _asyncio_handles.get(native)
+            if handle is None:
+                handle = _asyncio_handles[native] = cls()
+            return handle
+        return cls()
+
+    @property
+    def has_watchdog(self) -> bool:
+        """True on asyncio, where `watch` works; on trio, callers keep their own deadlines."""
+        return self._loop is not None
 
     def call(self, fn: Callable[[], object]) -> None:
         """Run `fn` in the loop's thread: now if this is it, else as soon as the loop can."""
@@ -42,3 +102,33 @@ class LoopHandle:
             return
         with suppress(RuntimeError):  # the loop has ended (asyncio: closed; trio: RunFinishedError)
             self._schedule(fn)
+
+    def waiter(self) -> Waiter:
+        """Return a new `Waiter` for this loop."""
+        if self._loop is not None:
+            return _FutureWaiter(self._loop)
+        return anyio.Event()
+
+    def watch(self, watched: Watched, timeout: float) -> None:
+        """Call `watched.check_stall(now)` at least every `timeout / 4` seconds until `unwatch` (asyncio only)."""
+        self._watched.add(watched)
+        self._period = min(self._period, timeout / 4)
+        if self._timer is None:
+            self._start_timer()
+
+    def unwatch(self, watched: Watched) -> None:
+        """Stop watching `watched`."""
+        self._watched.discard(watched)
+
+    def _check(self) -> None:
+        now = self.clock()
+        for watched in list(self._watched):
+            watched.check_stall(now)
+        self._timer = None
+        if self._watched:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        loop = self._loop
+        assert loop is not None, "the watchdog needs asyncio: see has_watchdog"
+        self._timer = loop.call_later(self._period, self._check)

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.conftest import ClientFactory
 from wsendpoints import CloseCode, EchoEndpoint, Endpoint
-from wsendpoints.endpoints.base import cut_reason
+from wsendpoints.endpoints.base import _Socket, cut_reason
 from wsendpoints.testing import assert_no_message, expect_close, receive_json, receive_text
 
 
@@ -520,3 +520,26 @@ def test_echo_sending_after_peer_left_never_raises() -> None:
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"hi"}]
     sent = drive(EchoEndpoint, incoming, True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
+
+
+def test_send_event_drops_on_a_closed_socket_and_never_raises() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        raise OSError("connection reset")
+
+    async def receive() -> Message:
+        raise AssertionError  # pragma: no cover - never called
+
+    async def scenario() -> None:
+        scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+        socket = _Socket(Recorder(scope, receive, send), scope, receive, send)
+        event = {"type": "websocket.send", "text": "x"}
+        await socket.send_event(event)  # not open yet: dropped
+        socket.open = True
+        await socket.send_event(event)  # the peer is gone: no exception
+        assert (socket.open, socket.peer_gone) == (False, True)
+
+    anyio.run(scenario)
+    assert sent == [{"type": "websocket.send", "text": "x"}]

@@ -419,10 +419,10 @@ def test_writer_error_closes_1011(client_factory: ClientFactory, caplog: pytest.
         async def on_connect(self, websocket: WebSocket) -> None:
             await super().on_connect(websocket)
 
-            async def send_text(text: str) -> None:
+            async def send_event(event: Any) -> None:
                 raise RuntimeError("send bug")
 
-            websocket.send_text = send_text  # type: ignore[method-assign, assignment]
+            websocket.send_event = send_event  # type: ignore[attr-defined]
 
     endpoint = BadSend.configure(broker=MemoryBroker(), join_template=None)
     client = client_factory(room_app(endpoint))

@@ -7,7 +7,7 @@ import pytest
 
 from wsendpoints import Message
 from wsendpoints._loop import LoopHandle
-from wsendpoints.rooms import Member, SlowConsumerPolicy
+from wsendpoints.rooms import Event, Member, SlowConsumerPolicy, event_for
 
 
 class Socket:
@@ -22,9 +22,9 @@ class Socket:
     def stall(self) -> None:
         self.flowing = anyio.Event()
 
-    async def send(self, payload: str) -> None:
+    async def send(self, event: Event) -> None:
         await self.flowing.wait()
-        self.sent.append(payload)
+        self.sent.append(event["text"])
         self.arrived.set()
 
     async def wait_for(self, count: int) -> None:
@@ -123,9 +123,9 @@ def test_member_slow_sends_that_progress_are_not_timed_out() -> None:
         member = Member("me", 200, "close", 0.5)
         sent: list[str] = []
 
-        async def slow_send(payload: str) -> None:
-            await anyio.sleep(0.005)  # REFRESH (32) sends in about 0.2 s: slow, but within the timeout
-            sent.append(payload)
+        async def slow_send(event: Event) -> None:
+            await anyio.sleep(0.005)  # slow, but every send makes progress
+            sent.append(event["text"])
 
         for n in range(130):  # about 0.8 s of sending in one batch, longer than the timeout
             member.push(f"m{n}")
@@ -134,7 +134,7 @@ def test_member_slow_sends_that_progress_are_not_timed_out() -> None:
         assert sent == [f"m{n}" for n in range(130)]
         assert member.stalled is None
 
-    anyio.run(scenario)
+    run(scenario)
 
 
 def test_member_is_woken_from_another_thread() -> None:
@@ -170,3 +170,54 @@ def test_loop_handle_after_the_loop_ended_does_nothing() -> None:
         calls.append(1)
         thread.join()
         assert calls == [1]
+
+
+def test_event_for_makes_one_event_per_message() -> None:
+    first, second = Message("a"), Message("a")
+    assert event_for(first) is event_for(first)
+    assert event_for(second) == {"type": "websocket.send", "text": "a"}
+    assert event_for(second) is not event_for(first)
+
+
+def test_loop_handle_is_shared_per_asyncio_loop_only() -> None:
+    async def two() -> tuple[LoopHandle, LoopHandle]:
+        return LoopHandle.current(), LoopHandle.current()
+
+    first, second = anyio.run(two)
+    assert first is second
+    assert first.has_watchdog
+    first, second = anyio.run(two, backend="trio")
+    assert first is not second
+    assert not first.has_watchdog
+
+
+def test_watchdog_stops_when_nothing_is_watched() -> None:
+    class Stalls:
+        def __init__(self) -> None:
+            self.checks = 0
+
+        def check_stall(self, now: float) -> None:
+            self.checks += 1
+
+    async def scenario() -> None:
+        handle = LoopHandle.current()
+        watched = Stalls()
+        handle.watch(watched, 0.04)
+        await anyio.sleep(0.1)
+        handle.unwatch(watched)
+        seen = watched.checks
+        await anyio.sleep(0.1)
+        assert seen >= 2
+        assert watched.checks <= seen + 1
+
+    anyio.run(scenario)
+
+
+def test_waiter_set_after_its_wait_was_cancelled_is_harmless() -> None:
+    async def scenario() -> None:
+        waiter = LoopHandle.current().waiter()
+        with anyio.move_on_after(0.01):
+            await waiter.wait()
+        waiter.set()
+
+    run(scenario)

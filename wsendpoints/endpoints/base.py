@@ -91,6 +91,16 @@ class _Socket(WebSocket):
             self.accepted = True
             self.open = True
 
+    async def send_event(self, event: Message) -> None:
+        """Send a ready-made "websocket.send" event, shared by many members: never changed here."""
+        if not self.open:
+            return
+        try:
+            await self._send(event)
+        except _DISCONNECTED:
+            self.peer_gone, self.open = True, False
+            logger.debug("peer left before websocket.send")
+
     async def send_text(self, data: str) -> None:
         """Send a text frame, taking the shortest way to the server while the connection is open."""
         if not self.open:

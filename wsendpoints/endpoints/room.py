@@ -231,7 +231,7 @@ class RoomEndpoint(Endpoint):
                 await websocket.close(CloseCode.TRY_AGAIN_LATER, reason)
 
         try:
-            await member.run(websocket.send_text, close_stalled)
+            await member.run(websocket.send_event, close_stalled)  # type: ignore[attr-defined]
         except Exception:
             await self._fail(websocket)
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .member import Member, SlowConsumerPolicy
+from .member import Event, Member, SlowConsumerPolicy, event_for
 
-__all__ = ["Member", "SlowConsumerPolicy"]
+__all__ = ["Event", "Member", "SlowConsumerPolicy", "event_for"]

@@ -11,19 +11,32 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
-from .._loop import LoopHandle
+from .._loop import LoopHandle, Waiter
 from ..brokers.base import Message
 
-__all__ = ["Member", "SlowConsumerPolicy"]
+__all__ = ["Event", "Member", "SlowConsumerPolicy", "event_for"]
 
 SlowConsumerPolicy = Literal["close", "drop_oldest", "drop_newest"]
 
-REFRESH = 32
-"""How many sends of one batch may share a send deadline."""
+Event = dict[str, Any]
+"""An ASGI "websocket.send" event, ready to hand to the server."""
+
+_last: tuple[Message | None, Event] = (None, {})
+
+
+def event_for(message: Message) -> Event:
+    """Return the send event of `message`, made once for all the members a broker hands it to in a row."""
+    global _last
+    last = _last  # one read: another thread may replace the pair, never half of it
+    if last[0] is message:
+        return last[1]
+    event = {"type": "websocket.send", "text": message.payload}
+    _last = (message, event)
+    return event
 
 
 class Member:
@@ -42,10 +55,12 @@ class Member:
         "_handle",
         "_max_queue",
         "_policy",
+        "_progress",
         "_queue",
         "_scope",
         "_send_timeout",
-        "_wakeup",
+        "_sending",
+        "_waiter",
         "dropped",
         "id",
         "overflowed",
@@ -60,18 +75,23 @@ class Member:
         self._max_queue = max_queue
         self._policy = policy
         self._send_timeout = send_timeout
-        self._queue: deque[str] = deque()
-        self._wakeup: anyio.Event | None = None
+        self._queue: deque[Event] = deque()
+        self._waiter: Waiter | None = None
         self._scope: anyio.CancelScope | None = None
-        self._handle = LoopHandle()
+        self._sending = False
+        self._progress = 0.0
+        self._handle = LoopHandle.current()
 
     def deliver(self, message: Message) -> None:
         """Queue `message` unless this member sent it."""
         if message.sender != self.id:
-            self.push(message.payload)
+            self._put(event_for(message))
 
     def push(self, payload: str) -> None:
-        """Queue `payload` for sending, applying the slow-consumer policy when the queue is full."""
+        """Queue the text `payload` for sending, applying the slow-consumer policy when the queue is full."""
+        self._put({"type": "websocket.send", "text": payload})
+
+    def _put(self, event: Event) -> None:
         queue = self._queue
         if len(queue) >= self._max_queue:
             if self._policy == "drop_newest":
@@ -85,59 +105,73 @@ class Member:
             with suppress(IndexError):  # the writer may have emptied the queue meanwhile, on another thread
                 queue.popleft()
             self.dropped += 1
-        queue.append(payload)
-        if self._wakeup is not None:
+        queue.append(event)
+        if self._waiter is not None:
             self._handle.call(self._wake)
 
     def push_first(self, payload: str) -> None:
-        """Queue `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
-        self._queue.appendleft(payload)
-        if self._wakeup is not None:
+        """Queue the text `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
+        self._queue.appendleft({"type": "websocket.send", "text": payload})
+        if self._waiter is not None:
             self._handle.call(self._wake)
 
     def _wake(self) -> None:
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            wakeup.set()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set()
 
     def _abort(self) -> None:
         self._wake()
         if self._scope is not None:
             self._scope.cancel()
 
+    def check_stall(self, now: float) -> None:
+        """Stop the writer if a send has made no progress for `send_timeout` seconds (the watchdog calls this)."""
+        if self._sending and now - self._progress > self._send_timeout and self._scope is not None:
+            self._scope.cancel()
+
     async def run(
-        self, send: Callable[[str], Awaitable[None]], on_stall: Callable[[str], Awaitable[None]] | None = None
+        self, send: Callable[[Event], Awaitable[None]], on_stall: Callable[[str], Awaitable[None]] | None = None
     ) -> None:
-        """Send queued payloads with `send` until cancelled, or until the member stalls.
+        """Send queued events with `send` until cancelled, or until the member stalls.
 
         Returns when the queue overflowed under the "close" policy, or when sending made no
         progress for `send_timeout` seconds; `stalled` then says which, and `on_stall` is
         awaited with it first. (Awaiting it here, in the frame that caught the cancellation,
         rather than in the caller also keeps Python 3.11's line tracing, and so coverage, exact.)
+
+        On asyncio the loop's watchdog looks for stalls, so a send costs no timer; on trio each
+        send moves a deadline.
         """
         queue = self._queue
+        handle = self._handle
+        clock = handle.clock
         timeout = self._send_timeout
-        clock = self._handle.clock
+        own_deadline = not handle.has_watchdog
         with anyio.CancelScope() as scope:
             self._scope = scope
-            while not self.overflowed:
-                if not queue:
-                    self._wakeup = wakeup = anyio.Event()
-                    # Check again: another thread may have pushed before it could see the new `_wakeup`.
-                    if not queue and not self.overflowed:  # pragma: no branch - that race is rare
-                        await wakeup.wait()
-                    self._wakeup = None
-                    continue
-                # Each batch must make progress: the deadline moves on every REFRESH sends, so a member
-                # that takes nothing for `timeout` seconds is stopped, and one that is merely slow is not.
-                scope.deadline = clock() + timeout
-                sent = 0
-                while queue and not self.overflowed:
-                    await send(queue.popleft())
-                    sent += 1
-                    if sent % REFRESH == 0:
-                        scope.deadline = clock() + timeout
-                scope.deadline = math.inf
+            if not own_deadline:
+                handle.watch(self, timeout)
+            try:
+                while not self.overflowed:
+                    if not queue:
+                        self._waiter = waiter = handle.waiter()
+                        # Check again: another thread may have pushed before it could see the new waiter.
+                        if not queue and not self.overflowed:  # pragma: no branch - that race is rare
+                            await waiter.wait()
+                        self._waiter = None
+                        continue
+                    self._progress = clock()
+                    self._sending = True
+                    while queue and not self.overflowed:
+                        if own_deadline:
+                            scope.deadline = self._progress + timeout
+                        await send(queue.popleft())
+                        self._progress = clock()
+                    self._sending = False
+                    scope.deadline = math.inf
+            finally:
+                handle.unwatch(self)
         self._scope = None
         self.stalled = "slow consumer" if self.overflowed else "send timeout"
         if on_stall is not None:
