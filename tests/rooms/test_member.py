@@ -221,3 +221,21 @@ def test_waiter_set_after_its_wait_was_cancelled_is_harmless() -> None:
         waiter.set()
 
     run(scenario)
+
+
+def test_check_stall_waits_for_a_whole_timeout_without_progress() -> None:
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        scope = anyio.CancelScope()  # never entered: only whether it was cancelled matters
+        member._scope, member._sending = scope, True
+        member.check_stall(10.0)  # the first look: remembers where the writer stands
+        member.check_stall(10.5)  # no progress, but not for a whole timeout
+        assert not scope.cancel_called
+        member._sent += 1
+        member.check_stall(11.2)  # progress: the clock starts again
+        member.check_stall(12.0)
+        assert not scope.cancel_called
+        member.check_stall(12.3)
+        assert scope.cancel_called
+
+    anyio.run(scenario)

@@ -6,12 +6,14 @@ hands it to every member's queue (`rooms/member.py`); each member's own writer s
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
 import secrets
 from collections import deque
-from contextlib import AsyncExitStack
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Literal
 
 import anyio
@@ -19,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .. import _json
+from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
 from ..brokers.base import Broker, Message
 from ..brokers.memory import MemoryBroker
@@ -130,7 +133,9 @@ class RoomEndpoint(Endpoint):
         super().__init__(scope, receive, send)
         self.member: Member | None = None
         self._key = ""
-        self._exit_stack = AsyncExitStack()
+        self._subscription: AbstractAsyncContextManager[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._start: Callable[..., object] | None = None
         self._announced = False
         self._sent: deque[float] | None = None
 
@@ -173,9 +178,24 @@ class RoomEndpoint(Endpoint):
     # The connection
 
     async def dispatch(self) -> None:
-        async with anyio.create_task_group() as self._tasks:
+        if LoopHandle.current().has_watchdog:  # asyncio: a bare task is lighter than a task group
+            try:
+                await super().dispatch()
+            finally:
+                if self._writer is not None:
+                    self._writer.cancel()
+                    await asyncio.wait([self._writer])  # the writer has ended before the connection has
+            return
+        async with anyio.create_task_group() as tasks:
+            self._start = tasks.start_soon
             await super().dispatch()
-            self._tasks.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
+
+    def _start_writer(self, websocket: WebSocket, member: Member) -> None:
+        if self._start is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write(websocket, member))
+        else:
+            self._start(self._write, websocket, member)
 
     def _param(self, websocket: WebSocket, name: str) -> str | None:
         value = websocket.path_params.get(name)
@@ -204,8 +224,9 @@ class RoomEndpoint(Endpoint):
         )
         broker = self.broker
         try:
-            await self._exit_stack.enter_async_context(broker.subscribe(self._key, member.deliver))
-            self._exit_stack.push_async_callback(broker.leave, self._key, member.id)
+            subscription = broker.subscribe(self._key, member.deliver)
+            await subscription.__aenter__()
+            self._subscription = subscription
             count = await broker.join(self._key, member.id, user)
         except BrokerUnavailableError:
             await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
@@ -216,7 +237,7 @@ class RoomEndpoint(Endpoint):
         if self.mode == "json":
             presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
             member.push_first(_json.dumps(presence))
-        self._tasks.start_soon(self._write, websocket, member)
+        self._start_writer(websocket, member)
         self._announced = True
         await self._notify(self.join_template, "join")
 
@@ -285,7 +306,11 @@ class RoomEndpoint(Endpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room: unsubscribe, drop out of presence, then tell the others."""
         try:
-            await self._exit_stack.aclose()
+            if self._subscription is not None and self.member is not None:
+                try:
+                    await self.broker.leave(self._key, self.member.id)
+                finally:
+                    await self._subscription.__aexit__(None, None, None)
             if self._announced:
                 await self._notify(self.leave_template, "leave")
         except BrokerError:

@@ -11,6 +11,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from threading import get_ident
 from typing import Any, Literal
 
 import anyio
@@ -58,8 +59,10 @@ class Member:
         "_progress",
         "_queue",
         "_scope",
+        "_seen",
         "_send_timeout",
         "_sending",
+        "_sent",
         "_waiter",
         "dropped",
         "id",
@@ -79,13 +82,16 @@ class Member:
         self._waiter: Waiter | None = None
         self._scope: anyio.CancelScope | None = None
         self._sending = False
+        self._sent = 0
+        self._seen = -1  # the watchdog's first look always counts as progress
         self._progress = 0.0
         self._handle = LoopHandle.current()
 
     def deliver(self, message: Message) -> None:
         """Queue `message` unless this member sent it."""
         if message.sender != self.id:
-            self._put(event_for(message))
+            last = _last  # event_for(), inlined: this runs once per member for every message
+            self._put(last[1] if last[0] is message else event_for(message))
 
     def push(self, payload: str) -> None:
         """Queue the text `payload` for sending, applying the slow-consumer policy when the queue is full."""
@@ -106,8 +112,13 @@ class Member:
                 queue.popleft()
             self.dropped += 1
         queue.append(event)
-        if self._waiter is not None:
-            self._handle.call(self._wake)
+        waiter = self._waiter
+        if waiter is not None:
+            if get_ident() == self._handle.thread:
+                self._waiter = None
+                waiter.set()
+            else:
+                self._handle.call(self._wake)
 
     def push_first(self, payload: str) -> None:
         """Queue the text `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
@@ -127,7 +138,9 @@ class Member:
 
     def check_stall(self, now: float) -> None:
         """Stop the writer if a send has made no progress for `send_timeout` seconds (the watchdog calls this)."""
-        if self._sending and now - self._progress > self._send_timeout and self._scope is not None:
+        if not self._sending or self._sent != self._seen:
+            self._seen, self._progress = self._sent, now
+        elif now - self._progress > self._send_timeout and self._scope is not None:
             self._scope.cancel()
 
     async def run(
@@ -161,15 +174,17 @@ class Member:
                             await waiter.wait()
                         self._waiter = None
                         continue
-                    self._progress = clock()
                     self._sending = True
-                    while queue and not self.overflowed:
-                        if own_deadline:
-                            scope.deadline = self._progress + timeout
-                        await send(queue.popleft())
-                        self._progress = clock()
+                    if own_deadline:
+                        while queue and not self.overflowed:
+                            scope.deadline = clock() + timeout
+                            await send(queue.popleft())
+                        scope.deadline = math.inf
+                    else:  # the watchdog sees progress in `_sent`: no clock, no timer per send
+                        while queue and not self.overflowed:
+                            await send(queue.popleft())
+                            self._sent += 1
                     self._sending = False
-                    scope.deadline = math.inf
             finally:
                 handle.unwatch(self)
         self._scope = None
