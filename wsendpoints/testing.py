@@ -30,6 +30,7 @@ from .brokers import Broker, Message
 from .exceptions import BrokerClosedError
 
 __all__ = [
+    "Collector",
     "assert_no_message",
     "assert_no_message_each",
     "check_broker",
@@ -143,8 +144,18 @@ def _describe(message: ASGIMessage) -> str:
     return f"bytes {message.get('bytes')!r}"
 
 
-class _Collector:
-    """A `Deliver` callback that keeps what it gets and lets a test wait for it."""
+class Collector:
+    """A `Deliver` callback that keeps what it gets and lets a test wait for it.
+
+    Example:
+        ```python
+        collector = Collector()
+        async with broker.subscribe("rooms/lobby", collector):
+            await broker.publish("rooms/lobby", Message("hi"))
+            await collector.wait_for(1)
+        assert collector.payloads() == ["hi"]
+        ```
+    """
 
     def __init__(self, fail: bool = False) -> None:
         self.messages: list[Message] = []
@@ -157,7 +168,8 @@ class _Collector:
         if self.fail:
             raise RuntimeError("subscriber failure injected by check_broker")
 
-    async def wait_for(self, count: int, within: float) -> None:
+    async def wait_for(self, count: int, within: float = 5.0) -> None:
+        """Wait until `count` messages have arrived; raise `TimeoutError` after `within` seconds."""
         with anyio.fail_after(within):
             while len(self.messages) < count:
                 self._arrived = anyio.Event()
@@ -183,8 +195,8 @@ async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: A
     """
     rooms = ["check/a", "check/a*", "check/a?", "check/[a]", "check/a/b", "check/a:b", "check/é", "check/"]
     room = rooms[0]
-    first, second, failing = _Collector(), _Collector(), _Collector(fail=True)
-    others = {name: _Collector() for name in rooms[1:]}
+    first, second, failing = Collector(), Collector(), Collector(fail=True)
+    others = {name: Collector() for name in rooms[1:]}
     async with (
         broker.subscribe(room, first),
         broker.subscribe(room, failing),

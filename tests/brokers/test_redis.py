@@ -19,32 +19,11 @@ from tests.bounded import bounded
 from tests.redis_server import RedisServer
 from wsendpoints import BrokerClosedError, BrokerError, BrokerUnavailableError, Message
 from wsendpoints.brokers.redis import RedisBroker
-from wsendpoints.testing import check_broker
+from wsendpoints.testing import Collector, check_broker
 
 pytestmark = pytest.mark.redis
 
 T = TypeVar("T")
-
-
-class Collector:
-    """A `Deliver` callback that keeps what it gets and lets a test wait for it."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self._arrived = anyio.Event()
-
-    def __call__(self, message: Message) -> None:
-        self.messages.append(message)
-        self._arrived.set()
-
-    async def wait_for(self, count: int, within: float = 5.0) -> None:
-        with anyio.fail_after(within):
-            while len(self.messages) < count:
-                self._arrived = anyio.Event()
-                await self._arrived.wait()
-
-    def payloads(self) -> list[str]:
-        return [message.payload for message in self.messages]
 
 
 class LogWatcher(logging.Handler):
