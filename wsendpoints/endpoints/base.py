@@ -62,11 +62,7 @@ class _Socket(WebSocket):
         kind = message["type"]
         if kind == "websocket.send" and self.open:
             # The hot path: a data frame on an open connection needs none of Starlette's state checks.
-            try:
-                await self._send(message)
-            except _DISCONNECTED:
-                self.peer_gone, self.open = True, False
-                logger.debug("peer left before %s", kind)
+            await self.send_event(message)
             return
         if self.peer_gone or WebSocketState.DISCONNECTED in (self.application_state, self.client_state):
             logger.debug("dropped %s on a closed connection", kind)
@@ -92,22 +88,14 @@ class _Socket(WebSocket):
             self.open = True
 
     async def send_event(self, event: Message) -> None:
-        """Send a ready-made "websocket.send" event, shared by many members: never changed here."""
+        """Send a "websocket.send" event straight to the server; drop it once the connection is closed.
+
+        The event may be shared by many members: it is never changed here.
+        """
         if not self.open:
             return
         try:
             await self._send(event)
-        except _DISCONNECTED:
-            self.peer_gone, self.open = True, False
-            logger.debug("peer left before websocket.send")
-
-    async def send_text(self, data: str) -> None:
-        """Send a text frame, taking the shortest way to the server while the connection is open."""
-        if not self.open:
-            await self.send({"type": "websocket.send", "text": data})  # dropped, and logged
-            return
-        try:
-            await self._send({"type": "websocket.send", "text": data})
         except _DISCONNECTED:
             self.peer_gone, self.open = True, False
             logger.debug("peer left before websocket.send")
@@ -353,8 +341,7 @@ class Endpoint(WebSocketEndpoint):
         await websocket.accept()
         limit = self.max_connections
         if limit is not None and type(self)._open_connections > limit:
-            logger.info("closing %s with 1013: too many connections", self._path())
-            await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "too many connections")
 
     def _path(self) -> str:
         return repr(self.scope.get("path", ""))

@@ -211,12 +211,12 @@ class RoomEndpoint(Endpoint):
         room = self._param(websocket, self.room_param)
         user = self._param(websocket, self.user_param)
         if room is None or not self._name_re.fullmatch(room):
-            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "invalid room name")
+            await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid room name")
             return
         if user is None:
             user = f"guest-{secrets.token_hex(4)}"
         elif not self._name_re.fullmatch(user):
-            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
+            await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
             return
         self.room, self.user, self._key = room, user, self._room_key(room)
         member = self.member = Member(
@@ -229,10 +229,10 @@ class RoomEndpoint(Endpoint):
             self._subscription = subscription
             count = await broker.join(self._key, member.id, user)
         except BrokerUnavailableError:
-            await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
+            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
             return
         if self.max_members is not None and count > self.max_members:
-            await self._refuse(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
+            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
             return
         if self.mode == "json":
             presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
@@ -240,10 +240,6 @@ class RoomEndpoint(Endpoint):
         self._start_writer(websocket, member)
         self._announced = True
         await self._notify(self.join_template, "join")
-
-    async def _refuse(self, websocket: WebSocket, code: CloseCode, reason: str) -> None:
-        logger.info("closing %s with %d: %s", self._path(), code, reason)
-        await websocket.close(code, reason)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -269,11 +265,11 @@ class RoomEndpoint(Endpoint):
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         """Check the rate limit, then send the message to the other members."""
         if self.rate_limit is not None and self._over_rate_limit(*self.rate_limit):
-            await self._refuse(websocket, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            await self._reject(websocket, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return
         if self.mode == "json":
             if type(data) is not dict or data.keys() != {"text"} or type(data["text"]) is not str:
-                await self._refuse(websocket, CloseCode.POLICY_VIOLATION, 'expected {"text": string}')
+                await self._reject(websocket, CloseCode.POLICY_VIOLATION, 'expected {"text": string}')
                 return
             text: str = data["text"]
             payload: str | None = self._envelope("message", self.room, self.user, text)
