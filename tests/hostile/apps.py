@@ -10,12 +10,26 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wsendpoints import EchoEndpoint, RoomEndpoint
 
 __all__ = ["Room", "app"]
 
 Room = RoomEndpoint.configure(mode="json", rate_limit=(50, 1), send_timeout=2)
+
+
+class CountHandshakes:
+    """Count the WebSocket handshakes that reach the application, for `/stats`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.handshakes = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            self.handshakes += 1
+        await self.app(scope, receive, send)
 
 
 async def members(request: Request) -> JSONResponse:
@@ -31,6 +45,7 @@ async def stats(request: Request) -> JSONResponse:
             "tasks": len(asyncio.all_tasks()),
             "rss_kib": int(fields["VmRSS"].split()[0]),
             "peak_rss_kib": int(fields["VmHWM"].split()[0]),
+            "handshakes": app.handshakes,
         }
     )
 
@@ -40,13 +55,15 @@ async def broadcast(request: Request) -> JSONResponse:
     return JSONResponse("ok")
 
 
-app = Starlette(
-    routes=[
-        WebSocketRoute("/echo", EchoEndpoint.configure(max_message_size=1024 * 1024)),
-        WebSocketRoute("/allow", EchoEndpoint.configure(allowed_origins=["https://app.example.com"])),
-        WebSocketRoute("/rooms/{room}/{user}", Room),
-        Route("/members/{room}", members),
-        Route("/stats", stats),
-        Route("/broadcast/{room}", broadcast, methods=["POST"]),
-    ]
+app = CountHandshakes(
+    Starlette(
+        routes=[
+            WebSocketRoute("/echo", EchoEndpoint.configure(max_message_size=1024 * 1024)),
+            WebSocketRoute("/allow", EchoEndpoint.configure(allowed_origins=["https://app.example.com"])),
+            WebSocketRoute("/rooms/{room}/{user}", Room),
+            Route("/members/{room}", members),
+            Route("/stats", stats),
+            Route("/broadcast/{room}", broadcast, methods=["POST"]),
+        ]
+    )
 )
