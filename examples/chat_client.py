@@ -34,10 +34,15 @@ def _read_lines(
         prompt.write(PROMPT)
         prompt.flush()
         line = stdin.readline()
-        with contextlib.suppress(RuntimeError):  # the event loop is gone: the client has already quit
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n") if line else None)
         if not line:
-            return
+            # Hand over the end last: once it is handed over the client may exit and end this thread.
+            return _hand(loop, lines, None)
+        _hand(loop, lines, line.rstrip("\r\n"))
+
+
+def _hand(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None], line: str | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the event loop is gone: the client has already quit
+        loop.call_soon_threadsafe(lines.put_nowait, line)
 
 
 async def _send_lines(ws: ClientConnection, lines: asyncio.Queue[str | None], leaving: asyncio.Event) -> None:
