@@ -1,0 +1,51 @@
+"""The Redis keys of one `RedisBroker`: every key name is made here and nowhere else.
+
+Where `{p}` is the `prefix` and `{room}` the room name percent-encoded (so that `/`, `:`, `*`,
+`?`, `[` or a shared beginning never make two rooms meet):
+
+- `{p}:room:{room}`: the room's stream (see `wire`);
+- `{p}:members:{room}`: the room's presence hash (see `presence`);
+- `{p}:process:{id}`: a process's heartbeat;
+- `{p}:writer:{id}`: the writer's mark, whose loss tells that Redis lost this process's data;
+- `{p}:wake:{id}`: a one-entry stream the process appends to so that its reader sends its
+  blocking XREAD again with the rooms as they are now.
+
+Keeping the names in one place is what a move to Redis Cluster needs: a hash tag (`{...}`)
+added here is the only change for keys that must share a slot.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """The Redis keys of one broker.
+
+    Args:
+        prefix: Beginning of every key.
+        process_id: The broker's id.
+    """
+
+    def __init__(self, prefix: str, process_id: str) -> None:
+        self.prefix = prefix
+        self.heartbeat = self.heartbeat_of(process_id)
+        self.writer = self._key("writer", process_id)
+        self.wake = self._key("wake", process_id)
+
+    def _key(self, kind: str, name: str) -> bytes:
+        return f"{self.prefix}:{kind}:{name}".encode("utf-8", "surrogatepass")
+
+    def room(self, room: str) -> bytes:
+        """Return the key of `room`'s stream."""
+        return self._key("room", quote(room.encode("utf-8", "surrogatepass"), safe=""))
+
+    def members(self, room: str) -> bytes:
+        """Return the key of `room`'s presence hash."""
+        return self._key("members", quote(room.encode("utf-8", "surrogatepass"), safe=""))
+
+    def heartbeat_of(self, process_id: str) -> bytes:
+        """Return the key of the heartbeat of the process `process_id`."""
+        return self._key("process", process_id)
