@@ -45,6 +45,7 @@ async def post_json(base: str, path: str, body: bytes) -> tuple[int, Any]:
 async def receive(ws: ClientConnection) -> Any:
     with anyio.fail_after(5):
         message = await ws.recv()
+    assert isinstance(message, str)
     return json.loads(message) if message.startswith("{") else message
 
 
