@@ -41,15 +41,24 @@ def printable(message: str) -> str:
 def _read_lines(
     stdin: TextIO, prompt: TextIO, loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
 ) -> None:
-    """Feed `lines` with what is typed, then None at the end of input; runs in a daemon thread."""
+    """Feed `lines` with what is typed, then None at the end of input; runs in a daemon thread.
+
+    Handing over None is its last step: once the client has it and quits, this thread has
+    nothing left to do (a daemon thread ends wherever it is when the process exits).
+    """
     while True:
         prompt.write(PROMPT)
         prompt.flush()
         line = stdin.readline()
-        with contextlib.suppress(RuntimeError):  # the event loop is gone: the client has already quit
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n") if line else None)
         if not line:
-            return
+            break
+        _hand_over(loop, lines, line.rstrip("\r\n"))
+    _hand_over(loop, lines, None)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None], line: str | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the event loop is gone: the client has already quit
+        loop.call_soon_threadsafe(lines.put_nowait, line)
 
 
 async def _send_lines(ws: ClientConnection, lines: asyncio.Queue[str | None], leaving: asyncio.Event) -> None:
