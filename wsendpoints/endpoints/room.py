@@ -21,8 +21,10 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .. import _json
+from .._limits import KeyedRateLimit
 from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
+from .._text import check_outbound_text, neutralize_controls, normalize_name
 from ..brokers.base import Broker, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
@@ -50,6 +52,11 @@ def _check_pattern(name: str, value: Any) -> None:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"{name} {value!r} is not a regular expression: {exc}") from None
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_namespace(name: str, value: Any) -> None:
@@ -96,6 +103,9 @@ class RoomEndpoint(Endpoint):
     max_members: int | None = None
     rate_limit: tuple[int, float] | None = None
     max_message_size: int | None = 64 * 1024
+    join_rate_limit: tuple[int, float] | None = None
+    presence_notices: bool = True
+    keep_controls: bool = False
 
     options: ClassVar[dict[str, OptionCheck]] = {
         **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
@@ -114,10 +124,14 @@ class RoomEndpoint(Endpoint):
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
         "rate_limit": check_pair,
+        "join_rate_limit": check_pair,
+        "presence_notices": _check_flag,
+        "keep_controls": _check_flag,
     }
 
     encoding: Literal["text", "bytes", "json"] | None = "text"
     _name_re: ClassVar[re.Pattern[str]] = re.compile(name_pattern)
+    _join_limit: ClassVar[KeyedRateLimit | None] = None
 
     room: str
     """The room this connection is in (set once it has joined)."""
@@ -128,6 +142,7 @@ class RoomEndpoint(Endpoint):
         super().__init_subclass__(**kwargs)
         cls.encoding = "json" if cls.mode == "json" else "text"
         cls._name_re = re.compile(cls.name_pattern)
+        cls._join_limit = None if cls.join_rate_limit is None else KeyedRateLimit(*cls.join_rate_limit)
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
@@ -161,19 +176,39 @@ class RoomEndpoint(Endpoint):
     async def broadcast(cls, room: str, text: str) -> None:
         """Send `text` to every member of `room`, on every process the broker reaches.
 
-        In text mode members receive `text` as it is; in json mode a message envelope with
-        `"user": null`.
+        In text mode members receive `text` as it is (control characters included: the
+        application's own text is trusted); in json mode a message envelope with `"user": null`.
+        Nothing is published unless the call passes `_outbound()`'s checks.
 
         Raises:
+            TypeError: If `room` or `text` is not a `str`.
+            ValueError: If the room name does not match `name_pattern` (after NFKC), or `text`
+                has a lone surrogate or is over `max_message_size` bytes in UTF-8.
             BrokerClosedError: If the broker was closed.
         """
+        room = cls._outbound(room, text)
         payload = text if cls.mode == "text" else cls._envelope("message", room, None, text)
         await cls.broker.publish(cls._room_key(room), Message(payload))
 
     @classmethod
+    def _outbound(cls, room: Any, text: Any) -> str:
+        """Check a room name and a text that the app sends to members; return the room's NFKC name.
+
+        Every entry point from the app (`broadcast()`, and any later one) calls this first, so a
+        bad call raises at the caller and never reaches, or closes, a member.
+        """
+        if not isinstance(room, str):
+            raise TypeError(f"room must be a str, got {type(room).__name__}")
+        name = normalize_name(room)
+        if not cls._name_re.fullmatch(name):
+            raise ValueError(f"room name {room!r} does not match name_pattern {cls.name_pattern!r}")
+        check_outbound_text(text, cls.max_message_size)
+        return name
+
+    @classmethod
     async def members(cls, room: str) -> list[str]:
-        """Return the user names present in `room`, sorted, each once."""
-        return await cls.broker.members(cls._room_key(room))
+        """Return the user names present in `room` (NFKC-normalized, as members join), sorted, each once."""
+        return await cls.broker.members(cls._room_key(normalize_name(room)))
 
     # The connection
 
@@ -201,13 +236,29 @@ class RoomEndpoint(Endpoint):
         value = websocket.path_params.get(name)
         if value is None:
             value = websocket.query_params.get(name)
-        return None if value is None else str(value)
+        return None if value is None else normalize_name(str(value))
+
+    def client_key(self, websocket: WebSocket) -> str | None:
+        """Return the key `join_rate_limit` counts connections under: the client's address.
+
+        Behind a proxy every client has the proxy's address: run uvicorn with `--proxy-headers`
+        and `--forwarded-allow-ips`, or override this to read the header your proxy sets.
+        None (no address known, e.g. a Unix socket) is never limited.
+        """
+        client = websocket.client
+        return None if client is None else client.host
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept, check the room and user names and the limits, then join the room."""
+        """Accept, check the join rate, the room and user names (NFKC) and the limits, then join the room."""
         await super().on_connect(websocket)
         if self.closed_by is not None:
             return
+        limit = self._join_limit
+        if limit is not None:
+            key = self.client_key(websocket)
+            if key is not None and not limit.allow(key):
+                await self._reject(websocket, CloseCode.POLICY_VIOLATION, "too many connections")
+                return
         room = self._param(websocket, self.room_param)
         user = self._param(websocket, self.user_param)
         if room is None or not self._name_re.fullmatch(room):
@@ -253,6 +304,8 @@ class RoomEndpoint(Endpoint):
             await self._fail(websocket)
 
     async def _notify(self, template: str | None, kind: str) -> None:
+        if not self.presence_notices:
+            return
         if self.mode == "json":
             payload = self._envelope(kind, self.room, self.user)
         elif template is not None:
@@ -263,7 +316,7 @@ class RoomEndpoint(Endpoint):
         await self.broker.publish(self._key, Message(payload, sender=self.member.id))
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
-        """Check the rate limit, then send the message to the other members."""
+        """Check the rate limit, then send the message to the other members (text mode: controls neutralised)."""
         if self.rate_limit is not None and self._over_rate_limit(*self.rate_limit):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return
@@ -275,7 +328,7 @@ class RoomEndpoint(Endpoint):
             payload: str | None = self._envelope("message", self.room, self.user, text)
             echo = payload if self.echo_template is not None else None
         else:
-            text = data
+            text = data if self.keep_controls else neutralize_controls(data)
             fields = {"user": self.user, "text": text, "room": self.room}
             template = self.message_template
             payload = None if template is None else template.format_map(fields)
