@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.testclient import WebSocketDenialResponse
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tests.conftest import ClientFactory
 from wsendpoints import CloseCode, EchoEndpoint, Endpoint
@@ -29,7 +29,9 @@ class Recorder(Endpoint):
             raise RuntimeError("secret detail")
         if data == "close":
             await websocket.close(4001, "bye")
-            await websocket.send_text("after close")
+            await websocket.close(4009, "again")  # a second close is harmless
+            with pytest.raises(RuntimeError, match="once a close message has been sent"):
+                await websocket.send_text("after close")
             return
         if data == "long reason":
             await websocket.close(4002, "é" * 100)
@@ -39,7 +41,8 @@ class Recorder(Endpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         assert close_code == self.close_code
         self.disconnects.append((close_code, self.close_reason, self.closed_by))
-        await websocket.send_text("never sent")
+        assert not self.is_open
+        await websocket.close()  # harmless once the connection has ended, as in Starlette's own example
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +74,8 @@ def test_configure_unknown_option_names_it_and_the_valid_ones() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"encoding": "xml"}, ValueError, "encoding must be one of 'text', 'bytes', 'json', None, got 'xml'"),
+        ({"encoding": 1}, TypeError, "encoding must be a str or None, got 1"),
+        ({"send_timeout": 0}, ValueError, "send_timeout must be positive and finite, got 0"),
         ({"max_message_size": 0}, ValueError, "max_message_size must be at least 1, got 0"),
         ({"max_message_size": 1.5}, TypeError, "max_message_size must be an int or None, got 1.5"),
         ({"max_message_size": True}, TypeError, "max_message_size must be an int or None"),
@@ -448,7 +452,8 @@ async def _drive(
         await endpoint(scope, receive, send)
 
 
-def test_sending_after_peer_left_never_raises() -> None:
+def test_sending_after_peer_left_raises_websocket_disconnect_1006() -> None:
+    """As in Starlette: the handler's send raises, the connection ends as the client's, with no error."""
     incoming: list[Message] = [
         {"type": "websocket.connect"},
         {"type": "websocket.receive", "text": "hi"},
@@ -456,7 +461,7 @@ def test_sending_after_peer_left_never_raises() -> None:
     ]
     sent = drive(Recorder, incoming, True)
     assert sent == [{"type": "websocket.accept", "subprotocol": None, "headers": []}]
-    assert Recorder.disconnects == [(1000, "", "client")]
+    assert Recorder.disconnects == [(1006, "", "client")]
 
 
 def test_cancelled_connection_still_gets_on_disconnect() -> None:
@@ -469,7 +474,7 @@ def test_cancelled_connection_whose_peer_left() -> None:
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
     sent = drive(Recorder, incoming, True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
-    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+    assert Recorder.disconnects == [(1006, "", "client")]
 
 
 def test_receive_json_helper_with_json_endpoint(client_factory: ClientFactory) -> None:
@@ -534,12 +539,12 @@ def test_send_event_drops_on_a_closed_socket_and_never_raises() -> None:
 
     async def scenario() -> None:
         scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
-        socket = _Socket(Recorder(scope, receive, send), scope, receive, send)
+        socket = _Socket(scope, receive, send, 10.0)
         event = {"type": "websocket.send", "text": "x"}
         await socket.send_event(event)  # not open yet: dropped
         socket.open = True
         await socket.send_event(event)  # the peer is gone: no exception
-        assert (socket.open, socket.peer_gone) == (False, True)
+        assert (socket.open, socket.client_state, socket.close_code) == (False, WebSocketState.DISCONNECTED, 1006)
 
     anyio.run(scenario)
     assert sent == [{"type": "websocket.send", "text": "x"}]

@@ -31,7 +31,10 @@ class EchoEndpoint(Endpoint):
 
     template: str | None = None
 
-    options: ClassVar[dict[str, OptionCheck]] = {**Endpoint.options, "template": check_template("data")}
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        **Endpoint._wsendpoints_options,
+        "template": check_template("data"),
+    }
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         if isinstance(data, bytes):

@@ -23,7 +23,7 @@ class OKEndpoint(Endpoint):
 
     reply: str = "OK!"
 
-    options: ClassVar[dict[str, OptionCheck]] = {**Endpoint.options, "reply": check_text()}
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {**Endpoint._wsendpoints_options, "reply": check_text()}
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         await websocket.send({"type": "websocket.send", "text": self.reply})

@@ -97,8 +97,8 @@ class RoomEndpoint(Endpoint):
     rate_limit: tuple[int, float] | None = None
     max_message_size: int | None = 64 * 1024
 
-    options: ClassVar[dict[str, OptionCheck]] = {
-        **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        **{name: check for name, check in Endpoint._wsendpoints_options.items() if name != "encoding"},
         "room_param": check_text(),
         "user_param": check_text(),
         "name_pattern": _check_pattern,
