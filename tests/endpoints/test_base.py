@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.routing import WebSocketRoute
 from starlette.testclient import WebSocketDenialResponse
 from starlette.types import Message
@@ -415,14 +416,20 @@ def test_custom_decode_is_used(client_factory: ClientFactory) -> None:
 
 
 def drive(
-    endpoint: type[Endpoint], incoming: list[Message], fail_sends: bool = False, headers: Headers = ()
+    endpoint: type[Endpoint],
+    incoming: list[Message],
+    fail_sends: bool = False,
+    headers: Headers = (),
+    query: bytes = b"",
+    stall: str = "",
 ) -> list[Message]:
     """Run one connection of `endpoint` in a thread of its own, cancelled after 0.5 s; return what it sent.
 
     The thread keeps the cancellation out of the test's frame, where it would confuse the coverage tracer.
     """
     sent: list[Message] = []
-    thread = threading.Thread(target=anyio.run, args=(_drive, endpoint, incoming, fail_sends, sent, list(headers)))
+    args = (_drive, endpoint, incoming, fail_sends, sent, list(headers), query, stall.split())
+    thread = threading.Thread(target=anyio.run, args=args)
     thread.start()
     thread.join(10)
     return sent
@@ -432,7 +439,13 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 
 async def _drive(
-    endpoint: type[Endpoint], incoming: list[Message], fail_sends: bool, sent: list[Message], headers: Headers
+    endpoint: type[Endpoint],
+    incoming: list[Message],
+    fail_sends: bool,
+    sent: list[Message],
+    headers: Headers,
+    query: bytes,
+    stall: list[str],
 ) -> None:
     queue = list(incoming)
 
@@ -445,9 +458,11 @@ async def _drive(
     async def send(message: Message) -> None:
         if fail_sends and message["type"] != "websocket.accept":
             raise OSError("connection reset")
+        if message["type"] in stall:  # a client that does not read: the send never completes
+            await anyio.sleep_forever()
         sent.append(message)
 
-    scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": b""}
+    scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": query}
     with anyio.move_on_after(0.5):
         await endpoint(scope, receive, send)
 
@@ -548,3 +563,174 @@ def test_send_event_drops_on_a_closed_socket_and_never_raises() -> None:
 
     anyio.run(scenario)
     assert sent == [{"type": "websocket.send", "text": "x"}]
+
+
+# Drop-in for Starlette's `WebSocketEndpoint`
+
+
+def test_client_close_without_a_code_is_1005(caplog: pytest.LogCaptureFixture) -> None:
+    for disconnect in ({"type": "websocket.disconnect", "code": None}, {"type": "websocket.disconnect"}):
+        Recorder.disconnects.clear()
+        drive(Recorder, [{"type": "websocket.connect"}, disconnect])
+        assert Recorder.disconnects == [(CloseCode.NO_STATUS_RCVD, "", "client")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class Raiser(Endpoint):
+    """Raises Starlette's documented refusals from its handlers."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        how = websocket.query_params.get("how", "")
+        if how == "http":
+            raise HTTPException(401, "who are you?", headers={"WWW-Authenticate": "Bearer"})
+        if how == "ws-before":
+            raise WebSocketException(CloseCode.POLICY_VIOLATION, "no token")
+        await super().on_connect(websocket)
+        if how == "ws-after":
+            raise WebSocketException(4401, "token expired")
+        if how == "http-after":
+            raise HTTPException(401)
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        raise WebSocketException(CloseCode.POLICY_VIOLATION, f"not allowed: {data}")
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
+
+
+def test_websocket_exception_closes_with_its_code_and_reason(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_factory(app_for(Raiser))
+    with client.websocket_connect("/ws?how=ws-after") as ws:
+        assert expect_close(ws) == (4401, "token expired")
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("this")
+        assert expect_close(ws) == (CloseCode.POLICY_VIOLATION, "not allowed: this")
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws?how=ws-before"):
+        pass  # pragma: no cover - never reached
+    assert (refused.value.code, refused.value.reason) == (CloseCode.POLICY_VIOLATION, "no token")
+    assert Recorder.disconnects == [(4401, "token expired", "server"), (1008, "not allowed: this", "server")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_http_exception_before_accept_is_that_http_response(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_factory(app_for(Raiser))
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws?how=http"):
+        pass  # pragma: no cover - never reached
+    assert denied.value.status_code == 401
+    assert denied.value.text == "who are you?"
+    assert denied.value.headers["www-authenticate"] == "Bearer"
+    assert Recorder.disconnects == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_http_exception_without_denial_responses_is_a_403_close() -> None:
+    scope_extra: list[tuple[bytes, bytes]] = []
+    sent = drive(Raiser, [{"type": "websocket.connect"}], headers=scope_extra, query=b"how=http")
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "who are you?"}]
+
+
+def test_http_exception_after_accept_is_an_error_1011(client_factory: ClientFactory) -> None:
+    client = client_factory(app_for(Raiser))
+    with client.websocket_connect("/ws?how=http-after") as ws:
+        assert expect_close(ws) == (CloseCode.INTERNAL_ERROR, "internal error")
+    assert Recorder.disconnects == [(1011, "internal error", "error")]
+
+
+def test_sending_before_accept_is_starlettes_runtime_error(client_factory: ClientFactory) -> None:
+    class Eager(Endpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.send_text("too early")
+
+    client = client_factory(app_for(Eager))
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws"):
+        pass  # pragma: no cover - never reached
+    assert denied.value.status_code == 500
+
+
+def test_subclass_with_its_own_encoding_and_any_attribute_names(client_factory: ClientFactory) -> None:
+    """Valid for Starlette, so valid here: an encoding decoded by the subclass, an attribute named `options`."""
+
+    class Reversed(Endpoint):
+        encoding = "reversed"  # type: ignore[assignment]
+        options = {"anything": 1}  # noqa: RUF012 - a user's own attribute
+
+        async def decode(self, websocket: WebSocket, message: Message) -> Any:
+            return (await super().decode(websocket, message))[::-1]
+
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(f"{data} {self.options['anything']}")
+
+    client = client_factory(app_for(Reversed))
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("olleh")
+        assert receive_text(ws) == "hello 1"
+
+
+def test_is_open_until_the_client_leaves(client_factory: ClientFactory) -> None:
+    seen: list[bool] = []
+
+    class Watcher(Endpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            seen.append(self.is_open)
+            await super().on_connect(websocket)
+            seen.append(self.is_open)
+
+        async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+            seen.append(self.is_open)
+
+    client = client_factory(app_for(Watcher))
+    with client.websocket_connect("/ws"):
+        pass
+    assert seen == [False, True, False]
+
+
+# send_timeout: a client that does not read
+
+
+class Stalled(Endpoint):
+    send_timeout = 0.05
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        try:
+            await websocket.send_text("never taken")
+        except WebSocketDisconnect as exc:
+            Recorder.disconnects.append((exc.code, exc.reason or "", "raised"))
+            with pytest.raises(WebSocketDisconnect):
+                await websocket.send_text("still gone")
+            raise
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
+
+
+def test_send_timeout_closes_1013_and_releases_the_handler() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled, incoming, stall="websocket.send")
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "send timeout"}
+    assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
+
+
+def test_send_timeout_drops_a_connection_whose_close_cannot_go() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled, incoming, stall="websocket.send websocket.close")
+    assert [m["type"] for m in sent] == ["websocket.accept"]
+    assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
+
+
+def test_send_timeout_none_waits_as_long_as_the_send_takes() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled.configure(send_timeout=None), incoming, stall="websocket.send")
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+
+
+def test_send_timeout_none_sends_as_usual(client_factory: ClientFactory) -> None:
+    client = client_factory(app_for(EchoEndpoint.configure(send_timeout=None)))
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("no deadline")
+        assert receive_text(ws) == "no deadline"

@@ -128,7 +128,8 @@ class _Socket(WebSocket):
         if deadline.cancelled_caught:
             logger.info("closing %r with 1013: send timeout (the client does not read)", self.url.path)
             await self._close(
-                {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": "send timeout"}, wait=1
+                {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": "send timeout"},
+                wait=min(1.0, timeout),  # a frame that can still go goes at once; else drop the connection
             )
             self.client_state = WebSocketState.DISCONNECTED  # the peer is as good as gone: later sends raise
             raise WebSocketDisconnect(CloseCode.TRY_AGAIN_LATER, "send timeout")
@@ -405,9 +406,9 @@ class Endpoint(WebSocketEndpoint):
             if text is None:
                 return await self._reject(websocket, CloseCode.UNSUPPORTED_DATA, "expected text messages")
             return text
-        if text is not None:
+        if encoding == "bytes" and text is not None:
             return await self._reject(websocket, CloseCode.UNSUPPORTED_DATA, "expected binary messages")
-        return data
+        return data  # "bytes", or an encoding of the subclass's own: its decode() takes it from here
 
     async def _reject(self, websocket: WebSocket, code: CloseCode, reason: str) -> None:
         logger.info("closing %s with %d: %s", self._path(), code, reason)
