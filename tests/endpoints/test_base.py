@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio
 import pytest
@@ -69,7 +69,7 @@ def test_configure_returns_subclass_and_leaves_original() -> None:
 
 def test_configure_unknown_option_names_it_and_the_valid_ones() -> None:
     with pytest.raises(TypeError, match="unknown option\\(s\\) colour, size; valid options are allowed_origins, "):
-        Endpoint.configure(size=1, colour="red")
+        Endpoint.configure(size=1, colour="red")  # type: ignore[call-arg]  # on purpose
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,11 @@ def test_subclass_with_bad_class_attribute_fails_at_definition() -> None:
     [("text", {"bytes": b"x"}, "expected text messages"), ("bytes", {"text": "x"}, "expected binary messages")],
 )
 def test_wrong_frame_type_closes_1003(
-    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture, encoding: str, send: Message, reason: str
+    client_factory: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    encoding: Literal["text", "bytes"],
+    send: Message,
+    reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, "wsendpoints")
     client = client_factory(app_for(Recorder.configure(encoding=encoding)))

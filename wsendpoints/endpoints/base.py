@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
 from starlette.endpoints import WebSocketEndpoint
@@ -25,12 +25,26 @@ from .._options import OptionCheck, check_number, check_size, check_text
 from .._origin import OriginPolicy
 from ..closecodes import CloseCode
 
-__all__ = ["ClosedBy", "Endpoint"]
+__all__ = ["ClosedBy", "Endpoint", "EndpointOptions"]
 
 logger = logging.getLogger("wsendpoints")
 
 ClosedBy = Literal["client", "server", "error"]
-E = TypeVar("E", bound="Endpoint")
+
+if TYPE_CHECKING:  # typing_extensions: Self and Unpack are in `typing` from Python 3.11 only
+    from typing_extensions import Self, Unpack
+
+
+class EndpointOptions(TypedDict, total=False):
+    """The options of `Endpoint.configure()`, for the type checker: a misspelt one is an error."""
+
+    encoding: Literal["text", "bytes", "json"] | None
+    max_message_size: int | None
+    allowed_origins: list[str] | None
+    max_connections: int | None
+    idle_timeout: float | None
+    send_timeout: float | None
+
 
 MAX_REASON_BYTES = 123
 """The longest close reason RFC 6455 allows, in UTF-8 bytes."""
@@ -250,13 +264,18 @@ class Endpoint(WebSocketEndpoint):
         cls._count_lock = threading.Lock()
 
     @classmethod
-    def configure(cls: type[E], **options: Any) -> type[E]:
+    def configure(cls, **options: Unpack[EndpointOptions]) -> type[Self]:
         """Return a subclass with `options` set; this class is left untouched.
 
         Raises:
             TypeError: If an option is unknown or its value of the wrong type.
             ValueError: If an option's value is out of range.
         """
+        return cls._configure(options)
+
+    @classmethod
+    def _configure(cls, options: Mapping[str, Any]) -> type[Self]:
+        """Make the subclass of `configure()`; each endpoint class's `configure` types its own options."""
         known = cls._wsendpoints_options
         unknown = sorted(set(options) - set(known))
         if unknown:
