@@ -218,6 +218,21 @@ def test_foreign_origin_is_refused_with_403(client_factory: ClientFactory, caplo
     assert "malformed Origin header" in caplog.text
 
 
+def test_cross_origin_refusal_logs_what_was_compared_and_how_to_allow_it(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Starlette docs' chat page served from localhost opening ws://127.0.0.1: the log says how to fix it."""
+    caplog.set_level(logging.INFO, "wsendpoints")
+    client = client_factory(app_for(Recorder))
+    with (
+        pytest.raises(WebSocketDenialResponse),
+        client.websocket_connect("/ws", headers={"origin": "http://localhost:8000"}),
+    ):
+        pass  # pragma: no cover - never reached
+    assert "cross-origin request (Origin b'http://localhost:8000', compared with Host 'testserver')" in caplog.text
+    assert "allowed_origins" in caplog.text
+
+
 def test_same_origin_and_no_origin_are_allowed(client_factory: ClientFactory) -> None:
     client = client_factory(app_for(Recorder))
     for headers in ({}, {"origin": "http://testserver"}):

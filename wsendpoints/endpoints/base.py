@@ -320,7 +320,8 @@ class Endpoint(WebSocketEndpoint):
         refusal = self._origin_policy.refusal(self.scope)
         if refusal is not None:
             logger.info(
-                "refused handshake on %s: %s (Origin %s, Host %s); allow it with allowed_origins=[...]",
+                "refused handshake on %s: %s (Origin %s, compared with Host %s); "
+                "to allow that origin, list it in the endpoint's allowed_origins option",
                 self._path(),
                 refusal,
                 self._origin(),
@@ -477,5 +478,5 @@ class Endpoint(WebSocketEndpoint):
         return repr(values[0] if len(values) == 1 else values)
 
     def _host(self) -> str:
-        values = [value for name, value in self.scope.get("headers", ()) if name == b"host"]
+        values = [value.decode("latin-1") for name, value in self.scope.get("headers", ()) if name == b"host"]
         return repr(values[0] if len(values) == 1 else values)
