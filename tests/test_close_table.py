@@ -50,7 +50,7 @@ class Table(Endpoint):
             await websocket.close(4001, "bye")
         elif data == "raise":
             raise RuntimeError("secret")
-        elif data == "ws-after":
+        else:  # "ws-after"
             raise WebSocketException(4402, "token expired")
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
@@ -89,11 +89,10 @@ ROWS: dict[str, tuple[str, Outcome, Outcome, tuple[int, str | None] | None]] = {
 def readme_row(key: str) -> list[str]:
     """The cells of the README close-table row that `key` starts (up to its first comma for "before" rows)."""
     first = key.split(", before")[0]
-    for line in README.read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0].startswith(first):
-            return cells
-    raise AssertionError(f"no README close-table row starts with {first!r}")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in README.read_text().splitlines()]
+    matching = [cells for cells in rows if len(cells) == 5 and cells[0].startswith(first)]
+    assert matching, f"no README close-table row starts with {first!r}"
+    return matching[0]
 
 
 def check_readme(key: str, column: int, outcome: Outcome, seen: tuple[int, str | None] | None) -> None:

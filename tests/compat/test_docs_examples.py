@@ -111,6 +111,10 @@ def test_fastapi_websocket_with_dependencies(client_factory: ClientFactory) -> N
         assert websocket.receive_text() == "Session cookie or query token value is: some-token"
         assert websocket.receive_text() == "Query parameter q is: 3"
         assert websocket.receive_text() == "Message text was: Hello, for item ID: foo"
+    with client.websocket_connect("/items/bar/ws", headers={"cookie": "session=from-cookie"}) as websocket:
+        websocket.send_text("Hi")
+        assert websocket.receive_text() == "Session cookie or query token value is: from-cookie"
+        assert websocket.receive_text() == "Message text was: Hi, for item ID: bar"
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/items/foo/ws"):
         pass  # pragma: no cover - never reached
     assert refused.value.code == status.WS_1008_POLICY_VIOLATION
