@@ -441,6 +441,7 @@ def drive(
     headers: Headers = (),
     query: bytes = b"",
     stall: str = "",
+    backend: str = "asyncio",
 ) -> list[Message]:
     """Run one connection of `endpoint` in a thread of its own, cancelled after 0.5 s; return what it sent.
 
@@ -448,7 +449,7 @@ def drive(
     """
     sent: list[Message] = []
     args = (_drive, endpoint, incoming, fail_sends, sent, list(headers), query, stall.split())
-    thread = threading.Thread(target=anyio.run, args=args)
+    thread = threading.Thread(target=anyio.run, args=args, kwargs={"backend": backend})
     thread.start()
     thread.join(10)
     return sent
@@ -726,9 +727,11 @@ class Stalled(Endpoint):
         Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
 
 
-def test_send_timeout_closes_1013_and_releases_the_handler() -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_send_timeout_closes_1013_and_releases_the_handler(backend: str) -> None:
+    """On asyncio a watch with one timer per connection ends the send; on trio a deadline per send."""
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
-    sent = drive(Stalled, incoming, stall="websocket.send")
+    sent = drive(Stalled, incoming, stall="websocket.send", backend=backend)
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
     assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "send timeout"}
     assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
@@ -741,9 +744,11 @@ def test_send_timeout_drops_a_connection_whose_close_cannot_go() -> None:
     assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
 
 
-def test_send_timeout_none_waits_as_long_as_the_send_takes() -> None:
+@pytest.mark.parametrize("send_timeout", [None, 60])
+def test_a_send_within_send_timeout_is_left_alone(send_timeout: float | None) -> None:
+    """The connection is cancelled from outside (shutdown) mid-send: that cancellation is not a send timeout."""
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
-    sent = drive(Stalled.configure(send_timeout=None), incoming, stall="websocket.send")
+    sent = drive(Stalled.configure(send_timeout=send_timeout), incoming, stall="websocket.send")
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
     assert Recorder.disconnects == [(1001, "server shutting down", "server")]
 

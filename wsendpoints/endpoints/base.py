@@ -7,6 +7,7 @@ and a short reason, records them on the endpoint and calls `on_disconnect` exact
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -21,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import _json
+from .._deadline import SendWatch
 from .._options import OptionCheck, check_number, check_size, check_text
 from .._origin import OriginPolicy
 from ..closecodes import CloseCode
@@ -84,6 +86,7 @@ class _Socket(WebSocket):
     def __init__(self, scope: Scope, receive: Receive, send: Send, send_timeout: float | None) -> None:
         super().__init__(scope, receive, send)
         self.send_timeout = send_timeout
+        self._watch: SendWatch | None = None
         self.accepted = False
         self.open = False
         """True from the accept until a close is sent or received, or the peer is found gone."""
@@ -125,21 +128,37 @@ class _Socket(WebSocket):
         await super().send(message)
         if kind == "websocket.accept":
             self.accepted = self.open = True
+            if self.send_timeout is not None:
+                self._watch = SendWatch.for_current_loop(self.send_timeout)
 
     async def _send_data(self, message: Message) -> None:
         timeout = self.send_timeout
+        watch = self._watch
+        stalled = False
         try:
             if timeout is None:
                 await self._send(message)
-                return
-            with anyio.move_on_after(timeout) as deadline:
-                await self._send(message)
+            elif watch is not None:  # asyncio: no timer per send
+                task = watch.begin()
+                try:
+                    await self._send(message)
+                except asyncio.CancelledError:
+                    if not watch.expired(task):
+                        raise
+                    stalled = True
+                finally:
+                    watch.end(task)
+            else:
+                with anyio.move_on_after(timeout) as deadline:
+                    await self._send(message)
+                stalled = deadline.cancelled_caught
         except _DISCONNECTED:
             self.client_left(CloseCode.ABNORMAL_CLOSURE, "")
             self.stop_receiving()
             logger.debug("peer left before websocket.send")
             raise WebSocketDisconnect(CloseCode.ABNORMAL_CLOSURE) from None
-        if deadline.cancelled_caught:
+        if stalled:
+            assert timeout is not None
             logger.info("closing %r with 1013: send timeout (the client does not read)", self.url.path)
             await self._close(
                 {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": "send timeout"},
@@ -147,6 +166,11 @@ class _Socket(WebSocket):
             )
             self.client_state = WebSocketState.DISCONNECTED  # the peer is as good as gone: later sends raise
             raise WebSocketDisconnect(CloseCode.TRY_AGAIN_LATER, "send timeout")
+
+    def release(self) -> None:
+        """Stop the send deadline's timer: the connection has ended."""
+        if self._watch is not None:
+            self._watch.close()
 
     async def _close(self, message: Message, wait: float | None = None) -> None:
         """Send a close frame once, within `wait` (or `send_timeout`) seconds.
@@ -368,6 +392,7 @@ class Endpoint(WebSocketEndpoint):
         finally:
             if websocket.accepted:
                 await self._disconnect(websocket)
+            websocket.release()
 
     async def _receive_loop(self, websocket: _Socket) -> None:
         receive = self.receive
