@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -32,7 +32,10 @@ from ..exceptions import BrokerError, BrokerUnavailableError
 from ..rooms.member import Member, SlowConsumerPolicy
 from .base import Endpoint
 
-__all__ = ["RoomEndpoint"]
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["RoomEndpoint", "RoomOptions"]
 
 logger = logging.getLogger("wsendpoints")
 
@@ -63,6 +66,30 @@ def _check_namespace(name: str, value: Any) -> None:
     check_text()(name, value)
     if not value or "/" in value:
         raise ValueError(f"{name} must be a non-empty str without '/', got {value!r}")
+
+
+class RoomOptions(TypedDict, total=False):
+    """The options of `RoomEndpoint.configure()`, for the type checker (`encoding` follows from `mode`)."""
+
+    max_message_size: int | None
+    allowed_origins: list[str] | None
+    max_connections: int | None
+    idle_timeout: float | None
+    room_param: str
+    user_param: str
+    name_pattern: str
+    mode: Literal["text", "json"]
+    message_template: str | None
+    echo_template: str | None
+    join_template: str | None
+    leave_template: str | None
+    namespace: str
+    broker: Broker
+    max_queue: int
+    slow_consumer: SlowConsumerPolicy
+    send_timeout: float
+    max_members: int | None
+    rate_limit: tuple[int, float] | None
 
 
 class RoomEndpoint(Endpoint):
@@ -107,8 +134,8 @@ class RoomEndpoint(Endpoint):
     presence_notices: bool = True
     keep_controls: bool = False
 
-    options: ClassVar[dict[str, OptionCheck]] = {
-        **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        **{name: check for name, check in Endpoint._wsendpoints_options.items() if name != "encoding"},
         "room_param": check_text(),
         "user_param": check_text(),
         "name_pattern": _check_pattern,
@@ -137,6 +164,11 @@ class RoomEndpoint(Endpoint):
     """The room this connection is in (set once it has joined)."""
     user: str
     """The user name of this connection (set once it has joined)."""
+
+    @classmethod
+    def configure(cls, **options: Unpack[RoomOptions]) -> type[Self]:  # type: ignore[override]  # no `encoding`
+        """Return a subclass with `options` set; see `Endpoint.configure()`."""
+        return cls._configure(options)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
