@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_type_hints
 
+import pytest
 from mypy import api
+
+from wsendpoints import EchoEndpoint, Endpoint, OKEndpoint, RoomEndpoint
+from wsendpoints.endpoints.base import EndpointOptions
+from wsendpoints.endpoints.echo import EchoOptions
+from wsendpoints.endpoints.ok import OKOptions
+from wsendpoints.endpoints.room import RoomOptions
 
 # Each line that mypy must refuse names the option it must name; the last two are valid.
 CALLS = [
@@ -35,3 +43,12 @@ def test_mypy_catches_misspelt_and_mistyped_options(tmp_path: Path) -> None:
         else:
             assert option in errors.get(number, ""), f"mypy let {call} through: {stdout}"
     assert len(errors) == sum(option is not None for _, option in CALLS), stdout
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options"),
+    [(Endpoint, EndpointOptions), (EchoEndpoint, EchoOptions), (OKEndpoint, OKOptions), (RoomEndpoint, RoomOptions)],
+)
+def test_each_typed_option_set_names_exactly_the_checked_options(endpoint: type[Endpoint], options: type) -> None:
+    """An option added to a class's checks but not to its TypedDict would be refused by the type checker."""
+    assert set(get_type_hints(options)) == set(endpoint._wsendpoints_options)

@@ -90,6 +90,9 @@ class RoomOptions(TypedDict, total=False):
     send_timeout: float
     max_members: int | None
     rate_limit: tuple[int, float] | None
+    join_rate_limit: tuple[int, float] | None
+    presence_notices: bool
+    keep_controls: bool
 
 
 class RoomEndpoint(Endpoint):
