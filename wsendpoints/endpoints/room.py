@@ -28,7 +28,7 @@ from .._text import check_outbound_text, neutralize_controls, normalize_name
 from ..brokers.base import Broker, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
-from ..exceptions import BrokerError, BrokerUnavailableError
+from ..exceptions import BrokerError, TooManyRoomsError
 from ..rooms.member import Member, SlowConsumerPolicy
 from .base import Endpoint
 
@@ -314,18 +314,23 @@ class RoomEndpoint(Endpoint):
             await subscription.__aenter__()
             self._subscription = subscription
             count = await broker.join(self._key, member.id, user)
-        except BrokerUnavailableError:
-            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
-            return
-        if self.max_members is not None and count > self.max_members:
-            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
-            return
-        if self.mode == "json":
-            presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
-            member.push_first(_json.dumps(presence))
-        self._start_writer(websocket, member)
-        self._announced = True
-        await self._notify(self.join_template, "join")
+            if self.max_members is not None and count > self.max_members:
+                await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
+                return
+            if self.mode == "json":
+                presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
+                member.push_first(_json.dumps(presence))
+            self._start_writer(websocket, member)
+            self._announced = True
+            await self._notify(self.join_template, "join")
+        except BrokerError as exc:
+            await self._broker_failed(websocket, exc)
+
+    async def _broker_failed(self, websocket: WebSocket, exc: BrokerError) -> None:
+        """Close 1013 after the broker failed on this member's path: a WARNING, never 1011, no traceback."""
+        reason = "too many rooms" if isinstance(exc, TooManyRoomsError) else "try again later"
+        logger.warning("closing %s with 1013 %r: room %r: %s", self._path(), reason, self._key, exc)
+        await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -371,7 +376,11 @@ class RoomEndpoint(Endpoint):
         member = self.member
         assert member is not None
         if payload is not None:
-            await self.broker.publish(self._key, Message(payload, sender=member.id))
+            try:
+                await self.broker.publish(self._key, Message(payload, sender=member.id))
+            except BrokerError as exc:
+                await self._broker_failed(websocket, exc)
+                return
         if echo is not None:
             member.push(echo)
 
@@ -397,5 +406,5 @@ class RoomEndpoint(Endpoint):
                     await self._subscription.__aexit__(None, None, None)
             if self._announced:
                 await self._notify(self.leave_template, "leave")
-        except BrokerError:
-            logger.warning("could not tell room %r that %r left", self._key, self.user, exc_info=True)
+        except BrokerError as exc:
+            logger.warning("could not tell room %r that %r left: %s", self._key, self.user, exc)

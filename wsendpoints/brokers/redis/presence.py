@@ -17,8 +17,10 @@ import os
 import socket
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from ... import _json
+from ...exceptions import TooManyRoomsError
 from .connection import FAILED, Clients, Shared, reaching_redis
 from .wire import encode_presence, parse_presence
 
@@ -32,8 +34,9 @@ class Presence:
         shared: The broker's settings and counters.
     """
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, max_rooms: int) -> None:
         self.shared = shared
+        self.max_rooms = max_rooms
         self.beat_value = _json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
         self.local: dict[str, dict[str, str]] = {}
         """Room -> member -> user, for the members of this process."""
@@ -44,6 +47,7 @@ class Presence:
         """Add `member` named `user` to `room`; return how many live members `room` has.
 
         Raises:
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerUnavailableError: If Redis cannot be reached.
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
@@ -51,6 +55,8 @@ class Presence:
         key = shared.keys.members(room)
         self.local.setdefault(room, {})[member] = user
         with reaching_redis(shared.safe_url):
+            if self.max_rooms and not await self._reserve(clients, room):
+                raise TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})")
             async with clients.commands.pipeline(transaction=False) as pipe:
                 pipe.set(shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms, get=True)
                 pipe.hset(key, member, encode_presence(user, shared.process_id))
@@ -62,18 +68,27 @@ class Presence:
 
     async def leave(self, clients: Clients | None, room: str, member: str) -> None:
         """Remove `member` from `room`, in Redis unless `clients` is None (closing); never raises."""
-        present = self.local.get(room, {})
-        if member not in present:
-            return
-        del present[member]
-        if not present:
-            del self.local[room]
-        if clients is None:
+        if not self._drop(room, member) or clients is None:
             return
         try:
             await clients.commands.hdel(self.shared.keys.members(room), member)
         except FAILED:
             self.pending_leaves.add((room, member))
+
+    def forget(self, room: str, member: str) -> None:
+        """Remove `member` from `room` here at once, and from Redis with the next heartbeat."""
+        self._drop(room, member)
+        self.pending_leaves.add((room, member))
+
+    def _drop(self, room: str, member: str) -> bool:
+        """Remove `member` from this process's rooms; return whether it was there."""
+        present = self.local.get(room, {})
+        if member not in present:
+            return False
+        del present[member]
+        if not present:
+            del self.local[room]
+        return True
 
     async def members(self, clients: Clients, room: str) -> list[str]:
         """Return the user names present in `room` in every live process, sorted, each once.
@@ -97,10 +112,18 @@ class Presence:
                 pipe.pexpire(shared.keys.members(room_name), shared.ttl_ms)
             for room_name, member in leaves:
                 pipe.hdel(shared.keys.members(room_name), member)
+            if self.max_rooms:
+                for room_name in rooms:
+                    await self._reserve(clients, room_name, pipe)
             results = await pipe.execute(raise_on_error=False)
         self.pending_leaves.difference_update(leaves)
         if results[0] is None:  # expired (we hung), or Redis lost its data
             await self.register(clients.commands)
+
+    async def _reserve(self, clients: Clients, room: str, pipe: Pipeline | None = None) -> bool:
+        """Count `room` among the live rooms for `presence_ttl` more; False if it is new and past `max_rooms`."""
+        keys = [self.shared.keys.rooms, self.shared.keys.room(room)]
+        return bool(await clients.reserve(keys=keys, args=[self.max_rooms, self.shared.ttl_ms], client=pipe))
 
     async def register(self, commands: Redis) -> None:
         """Write the heartbeat and every member of this process."""

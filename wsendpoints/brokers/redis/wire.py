@@ -1,7 +1,11 @@
 """What a `RedisBroker` writes into Redis and reads back: bytes in, bytes out, no I/O.
 
-- A stream entry is one field, `data`, holding JSON:
-  `{"payload": str, "sender": str | null, "origin": process id, "seq": int}`.
+- A stream entry has two fields: `payload`, the message's own UTF-8 bytes (nothing escaped, so
+  an entry is never larger than its message plus the `meta` field), and `meta`, JSON
+  `{"origin": process id, "seq": int, "sender": str | null}` (about 80 bytes plus the sender).
+- The writer's script adds `n`, the entry's number in its stream, and `at`, the stream's bytes
+  up to and including it (see `writer`): decimal text, 20 bytes or so. A reader that finds `n`
+  jump by more than one knows how many entries were trimmed before it read them.
 - A presence entry is JSON `{"user": str, "process": process id}`.
 
 Anything on our keys that does not parse as what we write decodes to None: the caller skips it
@@ -35,6 +39,14 @@ def parse_id(raw: bytes) -> StreamId:
     return int(milliseconds), int(sequence)
 
 
+def number(fields: dict[bytes, bytes]) -> int | None:
+    """Return an entry's number in its stream (`n`), or None if it has none."""
+    try:
+        return int(fields[b"n"])
+    except (KeyError, ValueError):
+        return None
+
+
 def id_text(position: StreamId) -> str:
     """Return `position` as Redis takes it in XREAD and XRANGE."""
     return f"{position[0]}-{position[1]}"
@@ -45,24 +57,25 @@ def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def encode_entry(payload: str, sender: str | None, origin: str, seq: int) -> bytes:
-    """Return the `data` field of a stream entry.
+def encode_entry(payload: str, sender: str | None, origin: str, seq: int) -> tuple[bytes, bytes]:
+    """Return a stream entry's two fields, `meta` and `payload`.
 
     Raises:
-        UnicodeEncodeError: If the payload holds a lone surrogate, which no text frame can carry.
+        UnicodeEncodeError: If the payload or sender holds a lone surrogate, which no text frame can carry.
     """
-    return _json.dumps({"payload": payload, "sender": sender, "origin": origin, "seq": seq}).encode()
+    meta = _json.dumps({"origin": origin, "seq": seq, "sender": sender}).encode()
+    return meta, payload.encode()
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> tuple[str, str | None, str, int] | None:
     """Return a stream entry's `(payload, sender, origin, seq)`, or None if we did not write it."""
     try:
-        data = _json.loads(fields[b"data"])
-        payload, sender, origin, seq = data["payload"], data["sender"], data["origin"], data["seq"]
-    except (KeyError, TypeError, ValueError):
+        payload = fields[b"payload"].decode()
+        meta = _json.loads(fields[b"meta"])
+        sender, origin, seq = meta["sender"], meta["origin"], meta["seq"]
+    except (KeyError, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    typed = isinstance(payload, str) and isinstance(origin, str) and type(seq) is int  # a bool is no seq
-    if typed and (sender is None or isinstance(sender, str)):
+    if isinstance(origin, str) and type(seq) is int and (sender is None or isinstance(sender, str)):  # a bool is no seq
         return payload, sender, origin, seq
     return None
 
