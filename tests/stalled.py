@@ -8,16 +8,22 @@ import socket
 import time
 from collections.abc import Callable, Collection
 
+import anyio
+
 __all__ = ["peak_rss_kib", "server_sockets", "stalled_client", "wait_for"]
 
 
-def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
+def stalled_client(port: int, path: str, rcvbuf: int = 4096, mss: int = 536) -> socket.socket:
     """Open a WebSocket to 127.0.0.1:`port` with a tiny receive buffer; return the socket, which the test never reads.
 
-    The handshake's answer is read (and anything after it in the same segment); nothing else ever is.
+    The handshake's answer is read (and anything after it in the same segment); nothing else ever is. Both
+    options are set before connecting: `rcvbuf` sets the window the client offers, and a small `mss` keeps
+    the server's kernel from growing its send buffer for the connection to 4 MiB, as it does on loopback
+    (its 64 KiB segments), so that the server's own sends stall after some 150 KiB rather than 4 MiB.
     """
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: sets the window offered
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
     sock.settimeout(10)
     try:
         sock.connect(("127.0.0.1", port))
@@ -76,11 +82,11 @@ def peak_rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmHWM for process {pid}")  # pragma: no cover - Linux always has it
 
 
-def wait_for(check: Callable[[], bool], within: float) -> float:
-    """Poll `check` every 50 ms until it holds; return the seconds it took, or fail after `within` seconds."""
+async def wait_for(check: Callable[[], bool], within: float) -> float:
+    """Poll `check` every 50 ms until it holds; return the seconds it took; fail after `within` seconds."""
     start = time.monotonic()
-    while not check():
-        elapsed = time.monotonic() - start
-        assert elapsed < within, f"still not true after {within} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
+    with anyio.fail_after(within):
+        while True:
+            if check():
+                return time.monotonic() - start
+            await anyio.sleep(0.05)

@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
+from tests.redis_server import free_port
 from tests.servers import UvicornThread
 from tests.stalled import server_sockets, stalled_client, wait_for
 from wsendpoints import EchoEndpoint, OKEndpoint, RoomEndpoint
@@ -115,7 +116,7 @@ def test_uvicorn_still_has_what_websocket_protocol_relies_on() -> None:
 # The deadline, on a real uvicorn in this process: a handler floods a client that never reads, gives up
 # (as `send_timeout` would) and closes with 1013.
 
-CHUNK = b"x" * 65536
+CHUNK = b"x" * 1024 * 1024
 GIVE_UP = 1.0
 """Seconds the flooding handler waits for a stalled send, and then for its close to go out."""
 
@@ -136,13 +137,11 @@ class Flood:
         await websocket.accept()
         try:
             with anyio.move_on_after(GIVE_UP):
-                for _ in range(1000):  # 64 MiB: far more than any buffer on the way holds
-                    await websocket.send_bytes(CHUNK)
-            with anyio.move_on_after(GIVE_UP):  # a stalled peer may never take the close frame
+                await websocket.send_bytes(CHUNK)  # into uvicorn's buffer at once, far past its high-water mark
+                await websocket.send_bytes(CHUNK)  # waits for that buffer to drain, which it never does
+            with anyio.move_on_after(GIVE_UP) as close:  # a stalled peer may never take the close frame
                 await websocket.close(1013, "send timeout")
-                self.outcome = "closed"
-                return
-            self.outcome = "close abandoned"
+            self.outcome = "close abandoned" if close.cancelled_caught else "closed"
         except WebSocketDisconnect:
             self.outcome = "disconnected"
         finally:
@@ -152,7 +151,7 @@ class Flood:
         """Send with no deadline of its own, as a plain Starlette handler does."""
         await websocket.accept()
         try:
-            for _ in range(1000):
+            for _ in range(64):
                 await websocket.send_bytes(CHUNK)
             self.outcome = "sent everything"  # pragma: no cover - the client never reads
         except WebSocketDisconnect:
@@ -187,52 +186,60 @@ def stalled(port: int, path: str) -> Iterator[int]:
         client.close()
 
 
+def test_stalled_client_closes_its_socket_when_it_cannot_connect() -> None:
+    with pytest.raises(ConnectionRefusedError):
+        stalled_client(free_port(), "/")
+
+
 @pytest.mark.server
-def test_plain_uvicorn_keeps_the_socket_of_a_peer_that_never_reads(flood: Flood) -> None:
+@pytest.mark.anyio
+async def test_plain_uvicorn_keeps_the_socket_of_a_peer_that_never_reads(flood: Flood) -> None:
     """The attack: the handler gave up and returned, yet its connection's socket stays open."""
     with running(flood.app, WebSocketsSansIOProtocol) as port, stalled(port, "/flood") as client_port:
-        assert flood.released.wait(10)
+        await wait_for(flood.released.is_set, within=10)
         assert flood.outcome == "close abandoned"
         assert server_sockets(os.getpid(), port, {client_port}) == 1
 
 
 @pytest.mark.server
-def test_websocket_protocol_aborts_a_peer_that_never_reads_within_its_deadline(
+@pytest.mark.anyio
+async def test_websocket_protocol_aborts_a_peer_that_never_reads_within_its_deadline(
     flood: Flood, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "wsendpoints")
     with running(flood.app, QuickClose) as port, stalled(port, "/flood") as client_port:
-        assert flood.released.wait(10)
+        await wait_for(flood.released.is_set, within=10)
         # The close frame could not go: the connection was aborted 0.3 s into the close, and the
         # handler's close returned as for a lost connection, long before it would have given up.
         assert flood.outcome == "disconnected"
-        wait_for(lambda: server_sockets(os.getpid(), port, {client_port}) == 0, within=5)
+        await wait_for(lambda: server_sockets(os.getpid(), port, {client_port}) == 0, within=5)
     assert "it did not close within 0.3 s" in caplog.text
 
 
 @pytest.mark.server
-def test_websocket_protocol_frees_a_handler_stuck_in_send_once_the_keepalive_ping_fails(flood: Flood) -> None:
+@pytest.mark.anyio
+async def test_websocket_protocol_frees_a_handler_stuck_in_send_once_the_keepalive_ping_fails(flood: Flood) -> None:
     """Without any send deadline in the app, the unanswered ping closes the connection, and the abort frees it."""
     options = {"ws_ping_interval": 0.2, "ws_ping_timeout": 0.2}
     with running(flood.app, QuickClose, **options) as port, stalled(port, "/forever") as client_port:
-        assert flood.released.wait(10)
+        await wait_for(flood.released.is_set, within=10)
         assert flood.outcome == "disconnected"
-        wait_for(lambda: server_sockets(os.getpid(), port, {client_port}) == 0, within=5)
+        await wait_for(lambda: server_sockets(os.getpid(), port, {client_port}) == 0, within=5)
 
 
 @pytest.mark.server
-def test_websocket_protocol_closes_a_peer_that_reads_the_usual_way(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.anyio
+async def test_websocket_protocol_closes_a_peer_that_reads_the_usual_way(caplog: pytest.LogCaptureFixture) -> None:
     async def bye(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.close(1000, "bye")
 
-    async def client(port: int) -> None:
+    caplog.set_level(logging.INFO, "wsendpoints")
+    with running(Starlette(routes=[WebSocketRoute("/bye", bye)]), QuickClose) as port:
         async with connect(f"ws://127.0.0.1:{port}/bye") as ws:
+            client_port = ws.local_address[1]
             with anyio.fail_after(10), pytest.raises(ConnectionClosedOK) as closed:
                 await ws.recv()
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "bye")  # type: ignore[union-attr]
-
-    caplog.set_level(logging.INFO, "wsendpoints")
-    with running(Starlette(routes=[WebSocketRoute("/bye", bye)]), QuickClose) as port:
-        anyio.run(client, port)
+        await wait_for(lambda: server_sockets(os.getpid(), port, {client_port}) == 0, within=5)
     assert "aborting" not in caplog.text
