@@ -66,8 +66,19 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def subscribe(self, room: str, deliver: Deliver) -> AbstractAsyncContextManager[None]:
+    def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """Call `deliver` with each message published to `room` until the context exits.
+
+        Args:
+            room: The room, as the endpoints name it (`"{namespace}/{room}"`).
+            deliver: Called with each message; see `Deliver`.
+            paused: A cheap, thread-safe check that a broker which reads ahead (`RedisBroker`)
+                calls before reading more of `room`: while it returns True the broker leaves the
+                room's backlog where it is (in Redis) and checks again at least every 50 ms. A
+                broker that delivers as it publishes (`MemoryBroker`) may ignore it: holding
+                publishers back is then the room's job. The rooms pass it for every member.
 
         Raises:
             BrokerClosedError: If the broker was closed.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..exceptions import BrokerClosedError
@@ -48,7 +48,17 @@ class MemoryBroker(Broker):
                     logger.exception("a subscriber of room %r failed to take a message", room)
 
     @asynccontextmanager
-    async def subscribe(self, room: str, deliver: Deliver) -> AsyncIterator[None]:
+    async def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AsyncIterator[None]:
+        """Call `deliver` with each message published to `room` until the context exits.
+
+        `paused` is accepted and ignored: `publish` delivers at once, and the rooms hold their
+        publishers back themselves while their members are behind.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+        """
         self._check_open()
         with self._lock:
             self._subscribers[room] = (*self._subscribers.get(room, ()), deliver)
