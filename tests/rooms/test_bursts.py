@@ -161,12 +161,25 @@ async def test_route_broadcasting_in_a_loop_reaches_every_member(serve: Serve) -
             await ws.close()
 
 
-async def stuck_member(base: str, user: str, max_queue: int | None = None) -> ClientConnection:
+async def stuck_member(base: str, user: str, max_queue: int | None = None, room: str = "burst") -> ClientConnection:
     """Join a member with a tiny receive buffer; it reads only as its test lets it."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((urlsplit(base).hostname, urlsplit(base).port))
-    return await connect(f"{base}/rooms/burst/{user}", sock=sock, **{**CLIENT, "max_queue": max_queue})
+    return await connect(f"{base}/rooms/{room}/{user}", sock=sock, **{**CLIENT, "max_queue": max_queue})
+
+
+def wait_open(port: int, within: float = 20) -> None:
+    """Wait until something accepts connections on 127.0.0.1:`port` (a server starting in a subprocess)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:  # pragma: no cover - only if the server fails to start
+                raise
+            time.sleep(0.05)
 
 
 async def absent_from_burst(base: str, user: str) -> bool:
