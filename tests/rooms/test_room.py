@@ -185,3 +185,17 @@ def test_room_subscribes_brokers_without_paused() -> None:
         assert member.queued == (1, 2)
 
     run(scenario)
+
+
+def test_stalled_member_holds_at_most_max_queue_bytes_of_large_messages() -> None:
+    """Issue 15's attack: 1,024 messages of 64 KiB would be 64 MiB; the byte bound keeps it to 1 MiB."""
+
+    async def scenario() -> None:
+        member = Member("stalled", 1024, "drop_newest", 60.0)  # the defaults of max_queue and max_queue_bytes
+        big = "x" * 64 * 1024
+        for _ in range(1024):
+            member.push(big)
+        assert member.queued == (16, 1024 * 1024)
+        assert member.dropped == 1024 - 16
+
+    run(scenario)
