@@ -200,8 +200,10 @@ async def test_stuck_member_leaves_and_holds_nobody_back(serve: Serve) -> None:
         stuck.transport.resume_reading()
         await stuck.close()
     # A generous bound, wall clock on a shared machine: the stuck member costs the others one
-    # judgement (a quarter of slow_after) and the bursts themselves vary; 0.9x the rate is the goal.
-    assert with_stuck <= alone / 0.9 + 1.0, (alone, with_stuck)
+    # judgement (a quarter of slow_after; alone and with it took 1.07 s and 1.03 s on a quiet run),
+    # but two identical bursts differed by up to 1.4 s under coverage on the shared 2 cores.
+    # 0.9x the rate is the goal; the slack keeps the test about the stuck member, not the machine.
+    assert with_stuck <= alone / 0.9 + 3.0, (alone, with_stuck)
 
 
 async def test_member_reading_at_a_tenth_of_the_pace_is_dropped(serve: Serve) -> None:
