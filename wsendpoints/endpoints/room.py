@@ -12,8 +12,8 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
@@ -30,6 +30,7 @@ from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
 from ..exceptions import BrokerError, TooManyRoomsError
 from ..rooms.member import Member, SlowConsumerPolicy
+from ..rooms.room import Room
 from .base import Endpoint
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class RoomEndpoint(Endpoint):
     namespace: str = "rooms"
     broker: Broker = _default_broker
     max_queue: int = 1024
+    max_queue_bytes: int = 1024 * 1024
+    slow_after: float = 1.0
     slow_consumer: SlowConsumerPolicy = "close"
     send_timeout: float = 10.0
     max_members: int | None = None
@@ -150,6 +153,8 @@ class RoomEndpoint(Endpoint):
         "namespace": _check_namespace,
         "broker": _check_broker,
         "max_queue": check_size(optional=False),
+        "max_queue_bytes": check_size(optional=False),
+        "slow_after": check_number(optional=False),
         "slow_consumer": check_choice(("close", "drop_oldest", "drop_newest")),
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
@@ -183,7 +188,8 @@ class RoomEndpoint(Endpoint):
         super().__init__(scope, receive, send)
         self.member: Member | None = None
         self._key = ""
-        self._subscription: AbstractAsyncContextManager[None] | None = None
+        self._room: Room | None = None
+        self._membership = AsyncExitStack()
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
         self._announced = False
@@ -215,6 +221,9 @@ class RoomEndpoint(Endpoint):
         application's own text is trusted); in json mode a message envelope with `"user": null`.
         Nothing is published unless the call passes `_outbound()`'s checks.
 
+        While members of the room in this process are behind together, this waits until they
+        have caught up (at most `send_timeout` seconds, then it publishes anyway).
+
         Raises:
             TypeError: If `room` or `text` is not a `str`.
             ValueError: If the room name does not match `name_pattern` (after NFKC), or `text`
@@ -223,7 +232,11 @@ class RoomEndpoint(Endpoint):
         """
         room = cls._outbound(room, text)
         payload = text if cls.mode == "text" else cls._envelope("message", room, None, text)
-        await cls.broker.publish(cls._room_key(room), Message(payload))
+        key = cls._room_key(room)
+        local = Room.find(cls.broker, key)
+        if local is not None:
+            await local.hold(cls.send_timeout)
+        await cls.broker.publish(key, Message(payload))
 
     @classmethod
     def _outbound(cls, room: Any, text: Any) -> str:
@@ -305,15 +318,19 @@ class RoomEndpoint(Endpoint):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
             return
         self.room, self.user, self._key = room, user, self._room_key(room)
-        member = self.member = Member(
-            f"{_process}-{next(_member_ids)}", self.max_queue, self.slow_consumer, self.send_timeout
-        )
         broker = self.broker
+        local = self._room = Room.of(broker, self._key)
+        member = self.member = Member(
+            f"{_process}-{next(_member_ids)}",
+            self.max_queue,
+            self.slow_consumer,
+            self.send_timeout,
+            max_queue_bytes=self.max_queue_bytes,
+            slow_after=self.slow_after,
+            room=local,
+        )
         try:
-            subscription = broker.subscribe(self._key, member.deliver)
-            await subscription.__aenter__()
-            self._subscription = subscription
-            count = await broker.join(self._key, member.id, user)
+            count = await self._membership.enter_async_context(self._member_of(local, member, user))
             if self.max_members is not None and count > self.max_members:
                 await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
                 return
@@ -331,6 +348,17 @@ class RoomEndpoint(Endpoint):
         reason = "too many rooms" if isinstance(exc, TooManyRoomsError) else "try again later"
         logger.warning("closing %s with 1013 %r: room %r: %s", self._path(), reason, self._key, exc)
         await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
+
+    @asynccontextmanager
+    async def _member_of(self, local: Room, member: Member, user: str) -> AsyncIterator[int]:
+        """Be in the room for the length of the context: subscribed, and in its presence; yield the head count."""
+        broker = self.broker
+        async with local.joined(broker, member):
+            count = await broker.join(self._key, member.id, user)
+            try:
+                yield count
+            finally:
+                await broker.leave(self._key, member.id)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -376,6 +404,8 @@ class RoomEndpoint(Endpoint):
         member = self.member
         assert member is not None
         if payload is not None:
+            assert self._room is not None
+            await self._room.hold(self.send_timeout)  # the receive loop stops reading while the room is behind
             try:
                 await self.broker.publish(self._key, Message(payload, sender=member.id))
             except BrokerError as exc:
@@ -399,11 +429,7 @@ class RoomEndpoint(Endpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room: unsubscribe, drop out of presence, then tell the others."""
         try:
-            if self._subscription is not None and self.member is not None:
-                try:
-                    await self.broker.leave(self._key, self.member.id)
-                finally:
-                    await self._subscription.__aexit__(None, None, None)
+            await self._membership.aclose()
             if self._announced:
                 await self._notify(self.leave_template, "leave")
         except BrokerError as exc:
