@@ -94,6 +94,8 @@ class RoomOptions(TypedDict, total=False):
     join_rate_limit: tuple[int, float] | None
     presence_notices: bool
     keep_controls: bool
+    max_queue_bytes: int
+    slow_after: float
 
 
 class RoomEndpoint(Endpoint):
