@@ -273,7 +273,8 @@ class Member:
             await send(event)
             self._sending = False
             self._sent += 1  # progress, for the watchdog and the room
-            if not self._sent & 15:
+            if not self._sent & 63:
                 # Let the other writers of a burst have their turn: a writer that is due but
-                # waits for the loop must not look like one whose peer stopped reading.
+                # waits for the loop must not look like one whose peer stopped reading. Every 64
+                # sends, not 16: server CPU per delivery in a 1,000 x 200 burst 6.0 -> 4.4 us.
                 await checkpoint()
