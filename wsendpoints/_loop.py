@@ -145,7 +145,8 @@ class LoopHandle:
         self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         """Let the loop's other tasks run: `anyio.lowlevel.checkpoint`, without its backend lookup on asyncio.
 
-        A room writer takes one every 64 sends; per turn, this saves 1/6 of a turn's instructions, measured."""
+        Skipping anyio's backend lookup saved 3% of the instructions per delivery when room writers took
+        a turn every 16 sends (they now take one every 64)."""
         if isinstance(native, asyncio.AbstractEventLoop):
             self.checkpoint = _sleep0
             self._loop = native
