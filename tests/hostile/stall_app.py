@@ -56,8 +56,10 @@ class CountedEcho(EchoEndpoint):
 async def stats(request: Request) -> JSONResponse:
     status = await anyio.Path(f"/proc/{os.getpid()}/status").read_text()
     fields: dict[str, Any] = dict(line.split(":", 1) for line in status.splitlines())
-    # Live memory, not garbage waiting for the cyclic collector (a closed connection leaves a few cycles:
-    # exceptions and their tracebacks), which Python frees on its own schedule.
+    # Live memory, not garbage waiting for the cyclic collector: this app runs under plain uvicorn, whose
+    # websockets-sansio protocol can leave a lost connection's frame parser in a reference cycle (the
+    # library's endpoints leave none, tests/test_release.py; `wsendpoints.serving.WebSocketProtocol`
+    # breaks uvicorn's, tests/hostile/test_demo_server.py).
     gc.collect()
     fds = len(os.listdir(f"/proc/{os.getpid()}/fd"))
     return JSONResponse({**counts, "rss_kib": int(fields["VmRSS"].split()[0]), "fds": fds})
