@@ -97,21 +97,22 @@ async def test_a_handler_released_by_send_timeout_leaves_no_cycle_holding_its_da
 
 
 class TrackedProtocol(WebSocketProtocol):
-    """`WebSocketProtocol` with a short close deadline, each instance weakly recorded."""
+    """`WebSocketProtocol` with a short close deadline; each instance and its websockets protocol weakly recorded."""
 
     close_deadline = 0.3
 
-    made: ClassVar[list[weakref.ref[WebSocketProtocol]]] = []
+    made: ClassVar[list[weakref.ref[object]]] = []
 
     def connection_made(self, transport: Any) -> None:
-        type(self).made.append(weakref.ref(self))
+        type(self).made += [weakref.ref(self), weakref.ref(self.conn)]
         super().connection_made(transport)
 
 
 @pytest.mark.server
 async def test_a_client_that_never_reads_leaves_no_cycle_in_the_protocol_once_dropped(no_cyclic_gc: None) -> None:
     """The demo's attack at the size of one: two 512 KiB echo requests, never a read; `send_timeout` gives up,
-    the close frame cannot go, `WebSocketProtocol` aborts the connection and must then be freed at once."""
+    the close frame cannot go, `WebSocketProtocol` aborts the connection; it and websockets' protocol (whose
+    frame parser is left waiting for data that never comes) must then be freed at once."""
     app = Starlette(routes=[WebSocketRoute("/echo", EchoEndpoint.configure(send_timeout=0.3))])
     server = UvicornThread(app, sndbuf=16384, ws=TrackedProtocol)
     port = int(server.start().rpartition(":")[2])
@@ -119,6 +120,6 @@ async def test_a_client_that_never_reads_leaves_no_cycle_in_the_protocol_once_dr
         with stalled_client(port, "/echo") as client:
             client.sendall(frame(0x2, b"e" * 512 * 1024) * 2)
             await wait_for(lambda: all(made() is None for made in TrackedProtocol.made), within=10)
-        assert len(TrackedProtocol.made) == 1
+        assert len(TrackedProtocol.made) == 2
     finally:
         server.stop()
