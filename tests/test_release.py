@@ -113,12 +113,29 @@ async def test_a_client_that_never_reads_leaves_no_cycle_in_the_protocol_once_dr
     """The demo's attack at the size of one: two 512 KiB echo requests, never a read; `send_timeout` gives up,
     the close frame cannot go, `WebSocketProtocol` aborts the connection; it and websockets' protocol (whose
     frame parser is left waiting for data that never comes) must then be freed at once."""
+    TrackedProtocol.made.clear()
     app = Starlette(routes=[WebSocketRoute("/echo", EchoEndpoint.configure(send_timeout=0.3))])
     server = UvicornThread(app, sndbuf=16384, ws=TrackedProtocol)
     port = int(server.start().rpartition(":")[2])
     try:
         with stalled_client(port, "/echo") as client:
             client.sendall(frame(0x2, b"e" * 512 * 1024) * 2)
+            await wait_for(lambda: all(made() is None for made in TrackedProtocol.made), within=10)
+        assert len(TrackedProtocol.made) == 2
+    finally:
+        server.stop()
+
+
+@pytest.mark.server
+async def test_a_client_that_breaks_the_protocol_leaves_no_cycle_in_the_protocol(no_cyclic_gc: None) -> None:
+    """An unmasked frame fails the connection (1002); websockets keeps the parser's exception, whose traceback
+    holds the parser's frame and so the protocol: `WebSocketProtocol` lets go of it once the connection is lost."""
+    TrackedProtocol.made.clear()
+    server = UvicornThread(Starlette(routes=[WebSocketRoute("/echo", EchoEndpoint)]), ws=TrackedProtocol)
+    port = int(server.start().rpartition(":")[2])
+    try:
+        with stalled_client(port, "/echo") as client:
+            client.sendall(b"\x82\x05hello")  # a client's frame must be masked (RFC 6455 5.1)
             await wait_for(lambda: all(made() is None for made in TrackedProtocol.made), within=10)
         assert len(TrackedProtocol.made) == 2
     finally:

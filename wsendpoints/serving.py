@@ -114,15 +114,18 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self._deadline.cancel()
             self._deadline = None
         super().connection_lost(exc)
-        # Two reference cycles outlive a lost connection unless broken here: this protocol and its
-        # transport's closing callback, and websockets' frame parser (a generator whose frame holds
-        # the `ServerProtocol` that holds it) when the connection was cut in the middle of a frame.
+        # Three reference cycles outlive a lost connection unless broken here: this protocol and its
+        # transport's closing callback; websockets' frame parser, a generator whose frame holds the
+        # `ServerProtocol` that holds it, left waiting for data that never comes; and, after a
+        # protocol error, the parser's exception kept on the `ServerProtocol`, whose traceback holds
+        # the parser's frame.
         # Left to the cyclic collector they live on until its next full collection, and between
         # waves of connections what they pin keeps the allocator from reusing the large buffers freed
         # around them: the demo's peak memory grew 27 MiB with each wave of 50 echo clients that
         # never read (tests/hostile/test_demo_server.py); with the cycles broken, under 1 MiB.
         self._closing_transport.detach()
         self.conn.parser.close()
+        self.conn.parser_exc = None
 
     def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
         # A plain function returning uvicorn's coroutine: no extra coroutine frame per message sent.
