@@ -68,9 +68,30 @@ class HeldEcho(EchoEndpoint):
         type(self).ended.append((close_code, self.closed_by))
 
 
-async def test_a_handler_released_by_send_timeout_leaves_no_cycle_holding_its_data(no_cyclic_gc: None) -> None:
+async def stalled_send(message: Message) -> None:
+    """A client that never reads: the reply and the close frame wait for good."""
+    await anyio.sleep_forever()
+
+
+async def gone_send(message: Message) -> None:
+    """A client whose connection is lost: the send fails."""
+    raise OSError("connection reset")
+
+
+@pytest.mark.parametrize(
+    ("send_data", "ended", "sent"),
+    [
+        pytest.param(stalled_send, (CloseCode.TRY_AGAIN_LATER, "server"), ["send", "close"], id="send timeout"),
+        pytest.param(gone_send, (CloseCode.ABNORMAL_CLOSURE, "client"), ["send"], id="client gone"),
+    ],
+)
+async def test_a_released_handler_leaves_no_cycle_holding_its_data(
+    no_cyclic_gc: None, send_data: Any, ended: tuple[int, str], sent: list[str]
+) -> None:
+    HeldEcho.held.clear()
+    HeldEcho.ended.clear()
     inbox: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"e" * 512 * 1024}]
-    sent: list[str] = []
+    events: list[str] = []
 
     async def receive() -> Message:
         if inbox:
@@ -79,9 +100,9 @@ async def test_a_handler_released_by_send_timeout_leaves_no_cycle_holding_its_da
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(message: Message) -> None:
-        sent.append(message["type"])
-        if message["type"] != "websocket.accept":  # a client that never reads: the reply and the close stall
-            await anyio.sleep_forever()
+        events.append(message["type"].removeprefix("websocket."))
+        if message["type"] != "websocket.accept":
+            await send_data(message)
 
     scope = {"type": "websocket", "path": "/echo", "headers": [], "query_string": b"", "subprotocols": []}
     endpoint = HeldEcho(scope, receive, send)
@@ -89,8 +110,8 @@ async def test_a_handler_released_by_send_timeout_leaves_no_cycle_holding_its_da
     with anyio.fail_after(10):
         await endpoint
     del endpoint
-    assert sent == ["websocket.accept", "websocket.send", "websocket.close"]
-    assert HeldEcho.ended == [(CloseCode.TRY_AGAIN_LATER, "server")]
+    assert events == ["accept", *sent]
+    assert HeldEcho.ended == [ended]
     assert [held() for held in HeldEcho.held] == [None]  # freed by reference counting alone
     assert ref() is None
     assert gc.collect() == 0, "the connection left objects in reference cycles"
