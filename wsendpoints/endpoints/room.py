@@ -23,12 +23,13 @@ from starlette.websockets import WebSocket
 from .. import _json
 from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
-from ..brokers.base import Broker, Message
+from ..brokers.base import Broker, Entry, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
 from ..exceptions import BrokerError, BrokerUnavailableError
+from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
-from .base import Endpoint
+from .base import MAX_REASON_BYTES, Endpoint
 
 __all__ = ["RoomEndpoint"]
 
@@ -37,6 +38,8 @@ logger = logging.getLogger("wsendpoints")
 _default_broker = MemoryBroker()
 _process = secrets.token_hex(6)
 _member_ids = itertools.count(1)
+_KICK_CODES = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
+"""The close codes of RFC 6455 that an application may send to remove a connection."""
 
 
 def _check_broker(name: str, value: Any) -> None:
@@ -50,6 +53,11 @@ def _check_pattern(name: str, value: Any) -> None:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"{name} {value!r} is not a regular expression: {exc}") from None
+
+
+def _check_switch(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_namespace(name: str, value: Any) -> None:
@@ -96,6 +104,8 @@ class RoomEndpoint(Endpoint):
     max_members: int | None = None
     rate_limit: tuple[int, float] | None = None
     max_message_size: int | None = 64 * 1024
+    require_auth: bool = False
+    unique_names: bool = False
 
     options: ClassVar[dict[str, OptionCheck]] = {
         **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
@@ -114,10 +124,13 @@ class RoomEndpoint(Endpoint):
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
         "rate_limit": check_pair,
+        "require_auth": _check_switch,
+        "unique_names": _check_switch,
     }
 
     encoding: Literal["text", "bytes", "json"] | None = "text"
     _name_re: ClassVar[re.Pattern[str]] = re.compile(name_pattern)
+    _warned_unauthenticated: ClassVar[bool] = False
 
     room: str
     """The room this connection is in (set once it has joined)."""
@@ -128,6 +141,7 @@ class RoomEndpoint(Endpoint):
         super().__init_subclass__(**kwargs)
         cls.encoding = "json" if cls.mode == "json" else "text"
         cls._name_re = re.compile(cls.name_pattern)
+        cls._warned_unauthenticated = False
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
@@ -136,8 +150,9 @@ class RoomEndpoint(Endpoint):
         self._subscription: AbstractAsyncContextManager[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
-        self._announced = False
+        self._entered = False
         self._sent: deque[float] | None = None
+        self._kick: asyncio.Task[None] | None = None
 
     @property
     def dropped(self) -> int:
@@ -175,6 +190,79 @@ class RoomEndpoint(Endpoint):
         """Return the user names present in `room`, sorted, each once."""
         return await cls.broker.members(cls._room_key(room))
 
+    # Who is who: one user's connections, from the server side
+
+    @classmethod
+    def _check_addressee(cls, room: Any, user: Any) -> None:
+        for name, value in (("room", room), ("user", user)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+            if not cls._name_re.fullmatch(value):
+                raise ValueError(f"{name} name {value!r} does not match name_pattern {cls.name_pattern!r}")
+
+    @classmethod
+    async def send_to(cls, room: str, user: str, text: str) -> int | None:
+        """Send `text` to every connection of `user` in `room`, on every process the broker reaches, and nobody else.
+
+        In text mode those connections receive `text` as it is; in json mode
+        `{"type": "direct", "room": room, "text": text}`.
+
+        Returns:
+            How many connections it reached, where the broker can tell: `MemoryBroker` counts
+            them; `RedisBroker` cannot (they may be on other processes) and returns None.
+
+        Raises:
+            TypeError: If `room`, `user` or `text` is not a `str`.
+            ValueError: If `room` or `user` does not match `name_pattern`, or `text` has a lone
+                surrogate or is over `max_message_size` bytes in UTF-8.
+            BrokerClosedError: If the broker was closed.
+        """
+        cls._check_addressee(room, user)
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text cannot be encoded as UTF-8: {exc.reason} at index {exc.start}") from None
+        if cls.max_message_size is not None and size > cls.max_message_size:
+            raise ValueError(f"text is {size} bytes in UTF-8, over max_message_size {cls.max_message_size}")
+        payload = text if cls.mode == "text" else _json.dumps({"type": "direct", "room": room, "text": text})
+        return await cls.broker.publish_to(cls._room_key(room), user, Message(payload))
+
+    @classmethod
+    async def kick(
+        cls, room: str, user: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "removed from the room"
+    ) -> int | None:
+        """Close every connection of `user` in `room`, on every process the broker reaches, with `code` and `reason`.
+
+        Each connection leaves the room as any other that closes: the room is told when the
+        user's last connection has gone (the leave notice).
+
+        Returns:
+            How many connections it reached, as `send_to` does.
+
+        Raises:
+            TypeError: If `room`, `user` or `reason` is not a `str`, or `code` not an `int`.
+            ValueError: If `room` or `user` does not match `name_pattern`, `code` is not one an
+                application may send (1000, 1001, 1008, 1011, 1012, 1013 or 3000-4999), or
+                `reason` is over 123 bytes in UTF-8.
+            BrokerClosedError: If the broker was closed.
+        """
+        cls._check_addressee(room, user)
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"code must be an int, got {code!r}")
+        if code not in _KICK_CODES and not 3000 <= code <= 4999:
+            raise ValueError(f"code must be 1000, 1001, 1008, 1011, 1012, 1013 or 3000-4999, got {code}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        try:
+            size = len(reason.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"reason cannot be encoded as UTF-8: {exc.reason} at index {exc.start}") from None
+        if size > MAX_REASON_BYTES:
+            raise ValueError(f"reason is {size} bytes in UTF-8, over the {MAX_REASON_BYTES} a close frame holds")
+        return await cls.broker.publish_to(cls._room_key(room), user, Message(reason, close=int(code)))
+
     # The connection
 
     async def dispatch(self) -> None:
@@ -182,9 +270,10 @@ class RoomEndpoint(Endpoint):
             try:
                 await super().dispatch()
             finally:
-                if self._writer is not None:
-                    self._writer.cancel()
-                    await asyncio.wait([self._writer])  # the writer has ended before the connection has
+                for task in (self._writer, self._kick):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.wait([task])  # it has ended before the connection has
             return
         async with anyio.create_task_group() as tasks:
             self._start = tasks.start_soon
@@ -203,13 +292,48 @@ class RoomEndpoint(Endpoint):
             value = websocket.query_params.get(name)
         return None if value is None else str(value)
 
+    async def authorize(self, websocket: WebSocket, room: str, user: str) -> bool:
+        """Return whether `user` may enter `room`; override it to decide (default: everyone may).
+
+        Called after the accept and the checks of the names, before the connection joins: False
+        closes it with 1008 "not allowed in this room", and nobody in the room hears of it. An
+        exception closes it with 1011, like any error in a handler. With `require_auth`,
+        `websocket.user` is the authenticated user and `user` its `display_name`.
+        """
+        return True
+
+    def _authenticated(self, websocket: WebSocket) -> str | None:
+        """Return the `display_name` of the connection's authenticated user, or None."""
+        if "user" not in websocket.scope:
+            cls = type(self)
+            if not cls._warned_unauthenticated:
+                cls._warned_unauthenticated = True
+                logger.warning(
+                    "%s has require_auth=True but no AuthenticationMiddleware sets websocket.user: every "
+                    "connection is closed with 1008 'not authenticated'. Add Starlette's AuthenticationMiddleware "
+                    "with an AuthenticationBackend to the app.",
+                    cls.__name__,
+                )
+            return None
+        user = websocket.user
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return str(user.display_name)
+
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept, check the room and user names and the limits, then join the room."""
+        """Accept, check the user (authenticated, with `require_auth`), the names, `authorize` and the limits, then join."""
         await super().on_connect(websocket)
         if self.closed_by is not None:
             return
+        user: str | None
+        if self.require_auth:
+            user = self._authenticated(websocket)
+            if user is None:
+                await self._reject(websocket, CloseCode.POLICY_VIOLATION, "not authenticated")
+                return
+        else:
+            user = self._param(websocket, self.user_param)
         room = self._param(websocket, self.room_param)
-        user = self._param(websocket, self.user_param)
         if room is None or not self._name_re.fullmatch(room):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid room name")
             return
@@ -218,28 +342,65 @@ class RoomEndpoint(Endpoint):
         elif not self._name_re.fullmatch(user):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
             return
+        if not await self.authorize(websocket, room, user):
+            await self._reject(websocket, CloseCode.POLICY_VIOLATION, "not allowed in this room")
+            return
         self.room, self.user, self._key = room, user, self._room_key(room)
         member = self.member = Member(
             f"{_process}-{next(_member_ids)}", self.max_queue, self.slow_consumer, self.send_timeout
         )
+        handle = LoopHandle.current()
+
+        def kicked(code: int, reason: str) -> None:
+            handle.call(lambda: self._start_kick(websocket, code, reason))
+
+        inbox = Inbox(user, member.deliver, kicked, self.max_queue)
         broker = self.broker
         try:
-            subscription = broker.subscribe(self._key, member.deliver)
+            subscription = broker.subscribe(self._key, inbox.deliver)
             await subscription.__aenter__()
             self._subscription = subscription
-            count = await broker.join(self._key, member.id, user)
+            entry = await broker.enter(
+                self._key,
+                member.id,
+                user,
+                greeting=self._notice(self.join_template, "join"),
+                farewell=self._notice(self.leave_template, "leave"),
+                unique=self.unique_names,
+                max_members=self.max_members,
+            )
         except BrokerUnavailableError:
             await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
             return
-        if self.max_members is not None and count > self.max_members:
-            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
+        if entry.refused is not None:
+            full = entry.refused == "room full"
+            code = CloseCode.TRY_AGAIN_LATER if full else CloseCode.POLICY_VIOLATION
+            await self._reject(websocket, code, entry.refused)
             return
-        if self.mode == "json":
-            presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
-            member.push_first(_json.dumps(presence))
+        self._entered = True
+        inbox.open(entry.after)
+        self._joined(member, entry)
         self._start_writer(websocket, member)
-        self._announced = True
-        await self._notify(self.join_template, "join")
+
+    def _joined(self, member: Member, entry: Entry) -> None:
+        """Queue what a member gets first: in json mode, the presence snapshot of its entry."""
+        if self.mode == "json":
+            presence = {"type": "presence", "room": self.room, "users": list(entry.users)}
+            member.push_first(_json.dumps(presence))
+
+    def _start_kick(self, websocket: WebSocket, code: int, reason: str) -> None:
+        """Close the connection with `code` and `reason` (a kick), from a task of its own loop."""
+        if self._kick is not None or self.closed_by is not None:
+            return
+        if self._start is None:
+            self._kick = asyncio.get_running_loop().create_task(self._kicked(websocket, code, reason))
+        else:
+            self._start(self._kicked, websocket, code, reason)
+
+    async def _kicked(self, websocket: WebSocket, code: int, reason: str) -> None:
+        logger.info("closing %s with %d: %s (user %r, kicked)", self._path(), code, reason, self.user)
+        with anyio.move_on_after(1):  # a stalled peer may never take the close frame
+            await websocket.close(code, reason)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -252,15 +413,16 @@ class RoomEndpoint(Endpoint):
         except Exception:
             await self._fail(websocket)
 
-    async def _notify(self, template: str | None, kind: str) -> None:
+    def _notice(self, template: str | None, kind: str) -> Message | None:
+        """Return the join or leave notice of this member, or None if there is none."""
         if self.mode == "json":
             payload = self._envelope(kind, self.room, self.user)
         elif template is not None:
             payload = template.format(user=self.user, room=self.room)
         else:
-            return
+            return None
         assert self.member is not None
-        await self.broker.publish(self._key, Message(payload, sender=self.member.id))
+        return Message(payload, sender=self.member.id)
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         """Check the rate limit, then send the message to the other members."""
@@ -300,14 +462,13 @@ class RoomEndpoint(Endpoint):
         return False
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
-        """Leave the room: unsubscribe, drop out of presence, then tell the others."""
+        """Leave the room: drop out of presence (the broker tells the others if the user's last connection left), unsubscribe."""
         try:
             if self._subscription is not None and self.member is not None:
                 try:
-                    await self.broker.leave(self._key, self.member.id)
+                    if self._entered:
+                        await self.broker.depart(self._key, self.member.id)
                 finally:
                     await self._subscription.__aexit__(None, None, None)
-            if self._announced:
-                await self._notify(self.leave_template, "leave")
         except BrokerError:
             logger.warning("could not tell room %r that %r left", self._key, self.user, exc_info=True)
