@@ -321,7 +321,7 @@ class RoomEndpoint(Endpoint):
         return str(user.display_name)
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept, check the user (authenticated, with `require_auth`), the names, `authorize` and the limits, then join."""
+        """Accept; check the user (with `require_auth`), the names, `authorize` and the limits; then join."""
         await super().on_connect(websocket)
         if self.closed_by is not None:
             return
@@ -462,7 +462,7 @@ class RoomEndpoint(Endpoint):
         return False
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
-        """Leave the room: drop out of presence (the broker tells the others if the user's last connection left), unsubscribe."""
+        """Leave the room: drop out of presence (the broker tells the room if it was the user's last), unsubscribe."""
         try:
             if self._subscription is not None and self.member is not None:
                 try:
