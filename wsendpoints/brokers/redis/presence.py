@@ -100,7 +100,8 @@ class Presence:
         self._skip_malformed(room, malformed)
         if not refused:
             self.local.setdefault(room, {})[member] = (user, entry)
-        return Entry(int(count), bool(first), tuple(sorted(map(text, names))), text(after), text(refused) or None)
+        reason = text(refused) or None
+        return Entry(0 if reason else int(count), bool(first), tuple(sorted(map(text, names))), text(after), reason)
 
     async def leave(self, clients: Clients | None, room: str, member: str) -> bool:
         """Remove `member` from `room`, in Redis unless `clients` is None (closing); never raises.
