@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 from starlette.testclient import WebSocketTestSession
@@ -256,11 +256,16 @@ async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: A
         raise AssertionError("publish() after aclose() must raise BrokerClosedError")
 
 
+class _Notices(TypedDict):
+    greeting: Message
+    farewell: Message
+
+
 async def _check_names(broker: Broker, room: str, timeout: float) -> None:  # noqa: ASYNC109 - as check_broker's
     """Check presence per user name (`enter`, `depart`) and messages to one user (`publish_to`)."""
     heard = Collector()
 
-    def notices(member: str) -> dict[str, Message]:
+    def notices(member: str) -> _Notices:
         return {"greeting": Message(f"{member} joined", sender=member), "farewell": Message(f"{member} left")}
 
     async with broker.subscribe(room, heard):

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import anyio
 import anyio.abc
@@ -813,7 +813,12 @@ def test_redis_server_says_what_went_wrong() -> None:
 # -- presence per name -------------------------------------------------------------------
 
 
-def notices(member: str, user: str) -> dict[str, Message]:
+class Notices(TypedDict):
+    greeting: Message
+    farewell: Message
+
+
+def notices(member: str, user: str) -> Notices:
     return {"greeting": Message(f"{user} joined", sender=member), "farewell": Message(f"{user} left", sender=member)}
 
 

@@ -119,9 +119,11 @@ def test_room_require_auth_takes_names_from_the_backend_not_the_url(client_facto
 
 def test_room_require_auth_works_with_the_room_alone_in_the_path(client_factory: ClientFactory) -> None:
     client = client_factory(app_of(fresh(require_auth=True), auth=True, path="/rooms/{room}"))
-    with client.websocket_connect("/rooms/lobby?token=t-bob") as bob:
-        with client.websocket_connect("/rooms/lobby?token=t-alicia"):
-            assert receive_text(bob) == "alicia joined the chat"
+    with (
+        client.websocket_connect("/rooms/lobby?token=t-bob") as bob,
+        client.websocket_connect("/rooms/lobby?token=t-alicia"),
+    ):
+        assert receive_text(bob) == "alicia joined the chat"
 
 
 @pytest.mark.parametrize("query", ["", "?token=forged", "?user=alice"])
