@@ -3,7 +3,8 @@
 Type a line to send it; what the others say is printed as it comes. `exit` (or end of input,
 Ctrl-D) leaves the room with a normal close. If the server closes the connection, the client
 prints the close code and reason and exits with status 1. The prompt goes to stderr, so stdout
-holds only the room's messages.
+holds only the room's messages, one line each: control characters in them (a line break that
+would fake a line from someone else, an escape sequence for the terminal) print as U+FFFD.
 
 Run: python -m examples.chat_client ws://127.0.0.1:8000/websocket/lobby/ann
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -21,15 +23,29 @@ from typing import TextIO
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
 
-__all__ = ["PROMPT", "chat", "main"]
+__all__ = ["PROMPT", "chat", "main", "printable"]
 
 PROMPT = "> "
+
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(message: str) -> str:
+    """Return `message` with C0 and C1 controls and DEL, except tab, replaced by U+FFFD: one line, no escapes.
+
+    Servers other than a text-mode `RoomEndpoint` (which already does this) may send anything.
+    """
+    return _CONTROLS.sub("\ufffd", message)
 
 
 def _read_lines(
     stdin: TextIO, prompt: TextIO, loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
 ) -> None:
-    """Feed `lines` with what is typed, then None at the end of input; runs in a daemon thread."""
+    """Feed `lines` with what is typed, then None at the end of input; runs in a daemon thread.
+
+    Handing over None is its last step: once the client has it and quits, this thread has
+    nothing left to do (a daemon thread ends wherever it is when the process exits).
+    """
     while True:
         prompt.write(PROMPT)
         prompt.flush()
@@ -77,7 +93,7 @@ async def chat(url: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
     async with ws:
         with contextlib.suppress(ConnectionClosedError):  # reported below with its code
             async for message in ws:
-                print(message, file=stdout, flush=True)
+                print(printable(str(message)), file=stdout, flush=True)
     if leaving.is_set():
         await sender  # it closed the connection, and returns
         return 0

@@ -3,12 +3,20 @@
 `RoomEndpoint.broadcast(room, text)` works from any coroutine of the app; here a POST route
 sends its body to every member of the room, and GET /rooms/{room}/members says who is there.
 
-Run: uvicorn examples.push_from_http:app
+The POST route speaks for the server, so only callers holding the shared secret in the
+environment variable PUSH_TOKEN may use it (`Authorization: Bearer <token>`); without
+PUSH_TOKEN set, pushing is off.
+
+Run: PUSH_TOKEN=change-me uvicorn examples.push_from_http:app
 Then: python -m examples.chat_client ws://127.0.0.1:8000/rooms/lobby/ann
-And:  curl --data-binary "Server restarts in 5 minutes" http://127.0.0.1:8000/rooms/lobby/messages
+And:  curl -H "Authorization: Bearer change-me" --data-binary "Server restarts in 5 minutes" \
+        http://127.0.0.1:8000/rooms/lobby/messages
 """
 
 from __future__ import annotations
+
+import os
+import secrets
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +25,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from wsendpoints import RoomEndpoint
 
-__all__ = ["MAX_TEXT", "Chat", "app"]
+__all__ = ["MAX_TEXT", "TOKEN_ENV", "Chat", "app"]
+
+TOKEN_ENV = "PUSH_TOKEN"
+"""The environment variable holding the shared secret a POST must present as a bearer token."""
 
 MAX_TEXT = 64 * 1024
 """The longest text a POST may broadcast, in bytes."""
@@ -26,7 +37,18 @@ Chat = RoomEndpoint.configure(namespace="push")
 
 
 async def post_message(request: Request) -> JSONResponse:
-    """Broadcast the body, UTF-8 text of at most `MAX_TEXT` bytes, to the room; answer 202 and who got it."""
+    """Broadcast the body, UTF-8 text of at most `MAX_TEXT` bytes, to the room; answer 202 and who got it.
+
+    Anyone who can reach an open push route can post to every room as the server, and examples
+    get copied into production: so the caller must present the shared secret (401 if it does
+    not), and with no secret configured the route refuses everyone (403).
+    """
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        return JSONResponse({"error": f"pushing is off: set {TOKEN_ENV}"}, status_code=403)
+    given = request.headers.get("authorization", "").encode()
+    if not secrets.compare_digest(given, f"Bearer {token}".encode()):  # in constant time: no guessing by timing
+        return JSONResponse({"error": "a valid bearer token is required"}, 401, {"WWW-Authenticate": "Bearer"})
     room = request.path_params["room"]
     body = b""
     async for chunk in request.stream():  # stop reading as soon as it is too long
@@ -39,7 +61,10 @@ async def post_message(request: Request) -> JSONResponse:
         return JSONResponse({"error": "text must be UTF-8"}, status_code=400)
     if not text:
         return JSONResponse({"error": "no text"}, status_code=400)
-    await Chat.broadcast(room, text)
+    try:
+        await Chat.broadcast(room, text)  # checks the room name too
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse({"room": room, "members": await Chat.members(room)}, status_code=202)
 
 

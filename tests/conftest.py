@@ -44,3 +44,9 @@ def serve() -> Iterator[Callable[..., str]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_bound_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo, after each test, the demo host that `wsendpoints.__main__.main()` puts in the environment."""
+    monkeypatch.delenv("WSENDPOINTS_HOST", raising=False)

@@ -109,17 +109,29 @@ def test_room_chat_closes_on_a_bad_user_name(client_factory: ClientFactory) -> N
         assert expect_close(ws) == (CloseCode.POLICY_VIOLATION, "invalid user name")
 
 
+PUSH_TOKEN = "s3cret-for-tests"
+AUTHORIZED = {"Authorization": f"Bearer {PUSH_TOKEN}"}
+
+
+@pytest.fixture
+def push_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(push_from_http.TOKEN_ENV, PUSH_TOKEN)
+    return PUSH_TOKEN
+
+
+@pytest.mark.usefixtures("push_token")
 def test_push_from_http_broadcasts_the_body_and_lists_members(client_factory: ClientFactory) -> None:
     room = new_room()
     client = client_factory(push_from_http.app)
     with client.websocket_connect(f"/rooms/{room}/ann") as ann:
-        response = client.post(f"/rooms/{room}/messages", content="Server restarts in 5 minutes")
+        response = client.post(f"/rooms/{room}/messages", content="Server restarts in 5 minutes", headers=AUTHORIZED)
         assert (response.status_code, response.json()) == (202, {"room": room, "members": ["ann"]})
         assert receive_text(ann) == "Server restarts in 5 minutes"
         assert client.get(f"/rooms/{room}/members").json() == {"room": room, "members": ["ann"]}
     assert client.get(f"/rooms/{room}/members").json() == {"room": room, "members": []}
 
 
+@pytest.mark.usefixtures("push_token")
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
@@ -131,8 +143,36 @@ def test_push_from_http_broadcasts_the_body_and_lists_members(client_factory: Cl
 def test_push_from_http_refuses_bad_text(body: bytes, status: int, error: str) -> None:
     room = new_room()
     with TestClient(push_from_http.app) as client, client.websocket_connect(f"/rooms/{room}/ann") as ann:
-        response = client.post(f"/rooms/{room}/messages", content=body)
+        response = client.post(f"/rooms/{room}/messages", content=body, headers=AUTHORIZED)
         assert (response.status_code, response.json()) == (status, {"error": error})
+        assert_no_message(ann)
+
+
+@pytest.mark.usefixtures("push_token")
+def test_push_from_http_refuses_a_bad_room_name() -> None:
+    with TestClient(push_from_http.app) as client:
+        response = client.post("/rooms/a%20b/messages", content="hi", headers=AUTHORIZED)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("room name 'a b' does not match name_pattern")
+
+
+@pytest.mark.usefixtures("push_token")
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": PUSH_TOKEN}])
+def test_push_from_http_without_the_secret_is_401_and_publishes_nothing(headers: dict[str, str]) -> None:
+    room = new_room()
+    with TestClient(push_from_http.app) as client, client.websocket_connect(f"/rooms/{room}/ann") as ann:
+        response = client.post(f"/rooms/{room}/messages", content="spoofed", headers=headers)
+        assert (response.status_code, response.json()) == (401, {"error": "a valid bearer token is required"})
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert_no_message(ann)
+
+
+def test_push_from_http_is_off_without_a_configured_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(push_from_http.TOKEN_ENV, raising=False)
+    room = new_room()
+    with TestClient(push_from_http.app) as client, client.websocket_connect(f"/rooms/{room}/ann") as ann:
+        response = client.post(f"/rooms/{room}/messages", content="hi", headers={"Authorization": "Bearer "})
+        assert (response.status_code, response.json()) == (403, {"error": "pushing is off: set PUSH_TOKEN"})
         assert_no_message(ann)
 
 
@@ -283,6 +323,20 @@ def test_chat_client_reports_the_servers_close_code(
     client = chat_clients(f"{serve(room_chat.app)}/websocket/{new_room()}/not!valid")
     assert client.exit_status() == 1
     assert "connection closed by the server: 1008 invalid user name" in client.stderr
+
+
+@pytest.mark.server
+def test_chat_client_prints_each_message_on_one_line_without_controls(
+    serve: Callable[[ASGIApp], str], chat_clients: Callable[[str], ChatClient], portal: BlockingPortal
+) -> None:
+    base, room = serve(room_chat.app), new_room()
+    with published(portal, room_chat.Chat.broker, f"room_chat/{room}") as notices:
+        ann = chat_clients(f"{base}/websocket/{room}/ann")
+        wait_for(notices, "ann joined the chat")
+        anyio.run(room_chat.Chat.broadcast, room, "hi\nbob: I agree\r\x1b[2J\x85\tend")  # the app's text, as it is
+        ann.expect("hi\ufffdbob: I agree\ufffd\ufffd[2J\ufffd\tend")
+        ann.type("exit")
+        assert ann.exit_status() == 0
 
 
 def test_chat_client_says_when_it_cannot_connect(chat_clients: Callable[[str], ChatClient]) -> None:

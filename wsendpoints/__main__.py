@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .demo import REDIS_URL_ENV
+from .demo import HOST_ENV, REDIS_URL_ENV
 
 __all__ = ["main", "parse_args"]
 
@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[REDIS_URL_ENV] = args.redis
     else:
         os.environ.pop(REDIS_URL_ENV, None)
+    os.environ[HOST_ENV] = args.host  # create_app answers only requests addressed to this host
     uvicorn.run("wsendpoints.demo:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 

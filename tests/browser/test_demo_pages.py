@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from starlette.applications import Starlette
+from websockets.asyncio.client import connect
 
 from tests.browser.chromium import CHROMIUM_ARGS, chromium_executable, playwright_api
 from tests.servers import UvicornThread
@@ -253,3 +254,23 @@ async def test_chat_page_keeps_a_name_present_while_another_connection_has_it(
         ["ann joined the chat", "ann joined the chat", "ann left the chat", "ann left the chat"]
     )
     await expect(bob.presence).to_have_text(["bob"])
+
+
+async def test_chat_page_reads_the_members_once_for_a_burst_of_leaves(
+    open_page: OpenPage, demo: Demo, expect: Expect
+) -> None:
+    room = new_room()
+    ann = await open_page(f"/chat.html?room={room}&user=ann")
+    await expect(ann.presence).to_have_text(["ann"])
+    reads: list[str] = []
+    ann.page.on("request", lambda request: reads.append(request.url) if "/members" in request.url else None)
+    base = demo.url.replace("http://", "ws://", 1)
+    ghosts = [await connect(f"{base}/rooms/{room}/ghost{n}", max_queue=None) for n in range(10)]
+    await expect(ann.presence).to_have_count(11)
+    async with ann.page.expect_response(lambda response: "/members" in response.url):
+        for ghost in ghosts:
+            await ghost.close()
+        await expect(ann.log.filter(has_text="left the chat")).to_have_count(10)
+        await expect(ann.presence).to_have_text(["ann"])
+    await ann.page.wait_for_timeout(1500)  # longer than the page's delay: a second read would have come
+    assert len(reads) == 1

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .app import HEADERS, REDIS_URL_ENV, STATIC_FILES, create_app
+from .app import ASCII_NAMES, HEADERS, HOST_ENV, REDIS_URL_ENV, STATIC_FILES, allowed_hosts, create_app
 
-__all__ = ["HEADERS", "REDIS_URL_ENV", "STATIC_FILES", "create_app"]
+__all__ = ["ASCII_NAMES", "HEADERS", "HOST_ENV", "REDIS_URL_ENV", "STATIC_FILES", "allowed_hosts", "create_app"]

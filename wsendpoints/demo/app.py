@@ -1,17 +1,22 @@
 """The demo app: the library's endpoints behind a home page, an echo page and a room chat page.
 
 The pages are plain HTML, JavaScript and CSS shipped in `wsendpoints/demo/static/`, served from
-memory with a strict Content-Security-Policy (scripts and styles from this origin only).
+memory with a strict Content-Security-Policy (scripts and styles from this origin only). Given the
+host it binds, the app answers only requests addressed to that host (`TrustedHostMiddleware`), so a
+DNS-rebinding page cannot reach a demo bound to localhost.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -19,10 +24,18 @@ from starlette.routing import Route, WebSocketRoute
 from ..brokers import Broker, MemoryBroker
 from ..endpoints import EchoEndpoint, OKEndpoint, RoomEndpoint
 
-__all__ = ["HEADERS", "REDIS_URL_ENV", "STATIC_FILES", "create_app"]
+__all__ = ["ASCII_NAMES", "HEADERS", "HOST_ENV", "REDIS_URL_ENV", "STATIC_FILES", "allowed_hosts", "create_app"]
 
 REDIS_URL_ENV = "WSENDPOINTS_REDIS_URL"
 """The environment variable `create_app()` reads a Redis URL from; `python -m wsendpoints --redis` sets it."""
+
+HOST_ENV = "WSENDPOINTS_HOST"
+"""The environment variable `create_app()` reads the bound host from; `python -m wsendpoints` sets it."""
+
+ASCII_NAMES = r"[A-Za-z0-9_.-]{1,64}"
+"""The demo's room and user names: ASCII only, so no two names look alike (`\\w` would let in a Cyrillic a)."""
+
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 STATIC_FILES = ("index.html", "echo.html", "chat.html", "socket.js", "echo.js", "chat.js", "demo.css", "favicon.svg")
 """The files of `static/` the demo serves, each at `/{name}`; `/` is `index.html`."""
@@ -59,7 +72,27 @@ def _broker(redis_url: str | None) -> Broker:
     return RedisBroker(redis_url)
 
 
-def create_app(redis_url: str | None = None) -> Starlette:
+def allowed_hosts(host: str) -> list[str] | None:
+    """Return the `Host` header names a server bound to `host` answers to; None for all interfaces.
+
+    Loopback (`127.0.0.1`, `localhost`, `::1`, any `127.x`) answers to all three loopback names;
+    another address or name only to itself (IPv6 in brackets, as in a `Host` header). A server
+    bound to every interface (`0.0.0.0`, `::`, empty) cannot know its names: every host is allowed.
+    """
+    if host in ("", "0.0.0.0", "::"):
+        return None
+    if host == "localhost":
+        return list(_LOOPBACK_NAMES)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host.lower()]
+    if address.is_loopback:
+        return list(_LOOPBACK_NAMES)
+    return [f"[{address}]" if address.version == 6 else str(address)]
+
+
+def create_app(redis_url: str | None = None, host: str | None = None) -> Starlette:
     """Build the demo app.
 
     Mounts `EchoEndpoint` on `/echo`, `OKEndpoint` on `/ok` and a `RoomEndpoint` in JSON mode on
@@ -71,13 +104,22 @@ def create_app(redis_url: str | None = None) -> Starlette:
             reads it from the environment variable `WSENDPOINTS_REDIS_URL`, which is how uvicorn
             workers get it; if that is unset or empty, rooms live in this process
             (`MemoryBroker`).
+        host: The host the server binds: requests with another `Host` header get HTTP 400 (see
+            `allowed_hosts()`). None reads it from the environment variable `WSENDPOINTS_HOST`;
+            if that is unset or empty, every host is answered.
 
     Returns:
         The app; its lifespan closes the broker on shutdown.
     """
     broker = _broker(redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV))
     room = RoomEndpoint.configure(
-        mode="json", namespace="demo", broker=broker, max_message_size=4096, rate_limit=(20, 10.0)
+        mode="json",
+        namespace="demo",
+        broker=broker,
+        max_message_size=4096,
+        rate_limit=(20, 10.0),
+        join_rate_limit=(30, 10.0),
+        name_pattern=ASCII_NAMES,
     )
     static = _load_static()
 
@@ -99,7 +141,10 @@ def create_app(redis_url: str | None = None) -> Starlette:
         finally:
             await broker.aclose()
 
+    hosts = allowed_hosts(host if host is not None else os.environ.get(HOST_ENV, ""))
+    middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
     app = Starlette(
+        middleware=middleware,
         routes=[
             WebSocketRoute("/echo", EchoEndpoint),
             WebSocketRoute("/ok", OKEndpoint),

@@ -21,8 +21,10 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .. import _json
+from .._limits import KeyedRateLimit
 from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
+from .._text import check_outbound_text, neutralize_controls, normalize_name
 from ..brokers.base import Broker, Entry, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
@@ -55,7 +57,7 @@ def _check_pattern(name: str, value: Any) -> None:
         raise ValueError(f"{name} {value!r} is not a regular expression: {exc}") from None
 
 
-def _check_switch(name: str, value: Any) -> None:
+def _check_flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
@@ -106,6 +108,9 @@ class RoomEndpoint(Endpoint):
     max_message_size: int | None = 64 * 1024
     require_auth: bool = False
     unique_names: bool = False
+    join_rate_limit: tuple[int, float] | None = None
+    presence_notices: bool = True
+    keep_controls: bool = False
 
     options: ClassVar[dict[str, OptionCheck]] = {
         **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
@@ -124,13 +129,17 @@ class RoomEndpoint(Endpoint):
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
         "rate_limit": check_pair,
-        "require_auth": _check_switch,
-        "unique_names": _check_switch,
+        "require_auth": _check_flag,
+        "unique_names": _check_flag,
+        "join_rate_limit": check_pair,
+        "presence_notices": _check_flag,
+        "keep_controls": _check_flag,
     }
 
     encoding: Literal["text", "bytes", "json"] | None = "text"
     _name_re: ClassVar[re.Pattern[str]] = re.compile(name_pattern)
     _warned_unauthenticated: ClassVar[bool] = False
+    _join_limit: ClassVar[KeyedRateLimit | None] = None
 
     room: str
     """The room this connection is in (set once it has joined)."""
@@ -142,6 +151,7 @@ class RoomEndpoint(Endpoint):
         cls.encoding = "json" if cls.mode == "json" else "text"
         cls._name_re = re.compile(cls.name_pattern)
         cls._warned_unauthenticated = False
+        cls._join_limit = None if cls.join_rate_limit is None else KeyedRateLimit(*cls.join_rate_limit)
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
@@ -176,29 +186,51 @@ class RoomEndpoint(Endpoint):
     async def broadcast(cls, room: str, text: str) -> None:
         """Send `text` to every member of `room`, on every process the broker reaches.
 
-        In text mode members receive `text` as it is; in json mode a message envelope with
-        `"user": null`.
+        In text mode members receive `text` as it is (control characters included: the
+        application's own text is trusted); in json mode a message envelope with `"user": null`.
+        Nothing is published unless the call passes `_outbound()`'s checks.
 
         Raises:
+            TypeError: If `room` or `text` is not a `str`.
+            ValueError: If the room name does not match `name_pattern` (after NFKC), or `text`
+                has a lone surrogate or is over `max_message_size` bytes in UTF-8.
             BrokerClosedError: If the broker was closed.
         """
+        room = cls._outbound(room, text)
         payload = text if cls.mode == "text" else cls._envelope("message", room, None, text)
         await cls.broker.publish(cls._room_key(room), Message(payload))
 
     @classmethod
+    def _outbound(cls, room: Any, text: Any) -> str:
+        """Check a room name and a text that the app sends to members; return the room's NFKC name.
+
+        Every entry point from the app (`broadcast()`, and any later one) calls this first, so a
+        bad call raises at the caller and never reaches, or closes, a member.
+        """
+        if not isinstance(room, str):
+            raise TypeError(f"room must be a str, got {type(room).__name__}")
+        name = normalize_name(room)
+        if not cls._name_re.fullmatch(name):
+            raise ValueError(f"room name {room!r} does not match name_pattern {cls.name_pattern!r}")
+        check_outbound_text(text, cls.max_message_size)
+        return name
+
+    @classmethod
     async def members(cls, room: str) -> list[str]:
-        """Return the user names present in `room`, sorted, each once."""
-        return await cls.broker.members(cls._room_key(room))
+        """Return the user names present in `room` (NFKC-normalized, as members join), sorted, each once."""
+        return await cls.broker.members(cls._room_key(normalize_name(room)))
 
     # Who is who: one user's connections, from the server side
 
     @classmethod
-    def _check_addressee(cls, room: Any, user: Any) -> None:
-        for name, value in (("room", room), ("user", user)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-            if not cls._name_re.fullmatch(value):
-                raise ValueError(f"{name} name {value!r} does not match name_pattern {cls.name_pattern!r}")
+    def _addressee(cls, user: Any) -> str:
+        """Check a user name the app addresses (as `_outbound()` checks a room); return its NFKC form."""
+        if not isinstance(user, str):
+            raise TypeError(f"user must be a str, got {type(user).__name__}")
+        name = normalize_name(user)
+        if not cls._name_re.fullmatch(name):
+            raise ValueError(f"user name {user!r} does not match name_pattern {cls.name_pattern!r}")
+        return name
 
     @classmethod
     async def send_to(cls, room: str, user: str, text: str) -> int | None:
@@ -213,19 +245,12 @@ class RoomEndpoint(Endpoint):
 
         Raises:
             TypeError: If `room`, `user` or `text` is not a `str`.
-            ValueError: If `room` or `user` does not match `name_pattern`, or `text` has a lone
-                surrogate or is over `max_message_size` bytes in UTF-8.
+            ValueError: If `room` or `user` does not match `name_pattern` (after NFKC), or `text`
+                has a lone surrogate or is over `max_message_size` bytes in UTF-8.
             BrokerClosedError: If the broker was closed.
         """
-        cls._check_addressee(room, user)
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"text cannot be encoded as UTF-8: {exc.reason} at index {exc.start}") from None
-        if cls.max_message_size is not None and size > cls.max_message_size:
-            raise ValueError(f"text is {size} bytes in UTF-8, over max_message_size {cls.max_message_size}")
+        room = cls._outbound(room, text)
+        user = cls._addressee(user)
         payload = text if cls.mode == "text" else _json.dumps({"type": "direct", "room": room, "text": text})
         return await cls.broker.publish_to(cls._room_key(room), user, Message(payload))
 
@@ -243,12 +268,13 @@ class RoomEndpoint(Endpoint):
 
         Raises:
             TypeError: If `room`, `user` or `reason` is not a `str`, or `code` not an `int`.
-            ValueError: If `room` or `user` does not match `name_pattern`, `code` is not one an
+            ValueError: If `room` or `user` does not match `name_pattern` (after NFKC), `code` is not one an
                 application may send (1000, 1001, 1008, 1011, 1012, 1013 or 3000-4999), or
                 `reason` is over 123 bytes in UTF-8.
             BrokerClosedError: If the broker was closed.
         """
-        cls._check_addressee(room, user)
+        room = cls._outbound(room, "")
+        user = cls._addressee(user)
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"code must be an int, got {code!r}")
         if code not in _KICK_CODES and not 3000 <= code <= 4999:
@@ -290,7 +316,17 @@ class RoomEndpoint(Endpoint):
         value = websocket.path_params.get(name)
         if value is None:
             value = websocket.query_params.get(name)
-        return None if value is None else str(value)
+        return None if value is None else normalize_name(str(value))
+
+    def client_key(self, websocket: WebSocket) -> str | None:
+        """Return the key `join_rate_limit` counts connections under: the client's address.
+
+        Behind a proxy every client has the proxy's address: run uvicorn with `--proxy-headers`
+        and `--forwarded-allow-ips`, or override this to read the header your proxy sets.
+        None (no address known, e.g. a Unix socket) is never limited.
+        """
+        client = websocket.client
+        return None if client is None else client.host
 
     async def authorize(self, websocket: WebSocket, room: str, user: str) -> bool:
         """Return whether `user` may enter `room`; override it to decide (default: everyone may).
@@ -318,13 +354,19 @@ class RoomEndpoint(Endpoint):
         user = websocket.user
         if not getattr(user, "is_authenticated", False):
             return None
-        return str(user.display_name)
+        return normalize_name(str(user.display_name))
 
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept; check the user (with `require_auth`), the names, `authorize` and the limits; then join."""
+        """Accept; check the join rate, the user (`require_auth`), the names (NFKC), `authorize`, the limits; join."""
         await super().on_connect(websocket)
         if self.closed_by is not None:
             return
+        limit = self._join_limit
+        if limit is not None:
+            key = self.client_key(websocket)
+            if key is not None and not limit.allow(key):
+                await self._reject(websocket, CloseCode.POLICY_VIOLATION, "too many connections")
+                return
         user: str | None
         if self.require_auth:
             user = self._authenticated(websocket)
@@ -414,7 +456,9 @@ class RoomEndpoint(Endpoint):
             await self._fail(websocket)
 
     def _notice(self, template: str | None, kind: str) -> Message | None:
-        """Return the join or leave notice of this member, or None if there is none."""
+        """Return the join or leave notice of this member, or None if there is none (or `presence_notices` is off)."""
+        if not self.presence_notices:
+            return None
         if self.mode == "json":
             payload = self._envelope(kind, self.room, self.user)
         elif template is not None:
@@ -425,7 +469,7 @@ class RoomEndpoint(Endpoint):
         return Message(payload, sender=self.member.id)
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
-        """Check the rate limit, then send the message to the other members."""
+        """Check the rate limit, then send the message to the other members (text mode: controls neutralised)."""
         if self.rate_limit is not None and self._over_rate_limit(*self.rate_limit):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "rate limit exceeded")
             return
@@ -437,7 +481,7 @@ class RoomEndpoint(Endpoint):
             payload: str | None = self._envelope("message", self.room, self.user, text)
             echo = payload if self.echo_template is not None else None
         else:
-            text = data
+            text = data if self.keep_controls else neutralize_controls(data)
             fields = {"user": self.user, "text": text, "room": self.room}
             template = self.message_template
             payload = None if template is None else template.format_map(fields)

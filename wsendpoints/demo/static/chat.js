@@ -14,10 +14,13 @@ document.getElementById("room").value = room || "lobby";
 document.getElementById("user").value = user;
 
 // The names present. A join notice may name someone already listed: it was published just
-// before this page's connection subscribed. After a leave, the server's list is read again,
-// since another connection may have the same name.
+// before this page's connection subscribed. A leave removes the name at once; since another
+// connection may have the same name, the server's list is read again REREAD_DELAY_MS later,
+// once for all the leaves in between, so that a burst of leaves costs one request, not one each.
+const REREAD_DELAY_MS = 1000;
 const present = new Set();
 let news = 0; // counts presence changes, so that a slow re-read never undoes a newer one
+let rereadPending = false;
 
 function showPresence(names) {
   present.clear();
@@ -39,6 +42,15 @@ async function rereadPresence() {
   } catch {
     // keep the list as the notices left it
   }
+}
+
+function rereadSoon() {
+  if (rereadPending) return;
+  rereadPending = true;
+  setTimeout(() => {
+    rereadPending = false;
+    rereadPresence();
+  }, REREAD_DELAY_MS);
 }
 
 function handle(data) {
@@ -64,7 +76,7 @@ function handle(data) {
       present.delete(envelope.user);
       showPresence([...present]);
       addLine(log, `${envelope.user} left the chat`, "notice");
-      rereadPresence();
+      rereadSoon();
       break;
     case "message":
       if (envelope.user === null) addLine(log, `server: ${envelope.text}`, "notice");
