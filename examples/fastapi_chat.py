@@ -1,10 +1,12 @@
 """The FastAPI multi-user chat, rebuilt by mounting a `RoomEndpoint` subclass into a FastAPI app.
 
-Same URLs and messages as the tutorial: the page at / opens /ws/{client_id}; the sender gets
+Same URLs, types and messages as the tutorial: the page at / opens /ws/{client_id}, where
+`client_id` is an int (`{client_id:int}`: any other path is refused); the sender gets
 "You wrote: ...", the others "Client #id says: ...", and "Client #id left the chat" when one
 leaves. Unlike the tutorial's `ConnectionManager`, the sender does not get its own broadcast,
 one member that stops reading never holds up the others, and a client leaving in the middle of
-a broadcast breaks nothing.
+a broadcast breaks nothing. Messages are limited to 64 KiB (RoomEndpoint's `max_message_size`):
+a longer one closes that client's connection with 1009 "message too big".
 
 Needs FastAPI, which wsendpoints itself does not: pip install fastapi
 Run: uvicorn examples.fastapi_chat:app, then open http://127.0.0.1:8000/ in two tabs
@@ -27,6 +29,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>WebSocket Chat</h1>
 <h2>Your ID: <span id="ws-id"></span></h2>
+<p>Messages up to 64 KiB; a longer one closes the connection (1009).</p>
 <form id="form">
   <input type="text" id="messageText" autocomplete="off" required>
   <button>Send</button>
@@ -58,7 +61,10 @@ PAGE = """<!doctype html>
 
 
 class Chat(RoomEndpoint):
-    """The tutorial's messages, in one room for everyone, since its URL names none."""
+    """The tutorial's messages, in one room for everyone, since its URL names none.
+
+    `max_message_size` stays RoomEndpoint's 64 KiB: a longer message closes with 1009.
+    """
 
     user_param = "client_id"
     echo_template = "You wrote: {text}"
@@ -73,7 +79,7 @@ class Chat(RoomEndpoint):
 
 
 app = FastAPI()
-app.router.routes.append(WebSocketRoute("/ws/{client_id}", Chat))
+app.router.routes.append(WebSocketRoute("/ws/{client_id:int}", Chat))  # the tutorial's `client_id: int`
 
 
 @app.get("/", response_class=HTMLResponse)

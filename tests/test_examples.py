@@ -16,6 +16,7 @@ import pytest
 from anyio.from_thread import BlockingPortal
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
+from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 
 from examples import chat_client, echo_page, ok_check, ok_responder, push_from_http, quickstart, room_chat
@@ -393,6 +394,20 @@ def test_fastapi_chat_sends_the_tutorials_messages(client_factory: ClientFactory
             assert receive_text(ws1) == f"Client #{second} says: Hi"
         assert receive_text(ws1) == f"Client #{second} left the chat"
         assert anyio.run(fastapi_chat.Chat.members, "chat") == [first]
+
+
+def test_fastapi_chat_keeps_the_tutorials_types_and_states_its_limit(client_factory: ClientFactory) -> None:
+    """`client_id` is an int, as in the tutorial; a message over 64 KiB closes 1009, as the page says."""
+    pytest.importorskip("fastapi", reason="examples/fastapi_chat.py needs FastAPI: pip install fastapi")
+    from examples import fastapi_chat
+
+    assert "64 KiB" in fastapi_chat.PAGE
+    client = client_factory(fastapi_chat.app)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws/not-a-number"):
+        pass  # pragma: no cover - never reached
+    with client.websocket_connect(f"/ws/{uuid.uuid4().int % 10**9}") as ws:
+        ws.send_text("x" * (64 * 1024 + 1))
+        assert expect_close(ws) == (1009, "message too big")
 
 
 # The multi-process example, on a real redis-server: two uvicorn processes stand for two workers.

@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -21,19 +21,33 @@ from wsendpoints import CloseCode, EchoEndpoint, Endpoint, OKEndpoint
 pytestmark = [pytest.mark.server, pytest.mark.anyio]
 
 Serve = Callable[[ASGIApp], str]
-sent_after_close = threading.Event()
+push_ended = threading.Event()
+pushes: list[tuple[str, int, str | None, str | None]] = []
 
 
 class Failing(Endpoint):
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         if data == "raise":
             raise RuntimeError("secret detail")
-        if data == "long":
-            await websocket.close(4000, "x" * 500)
-        if data == "linger":
-            await anyio.sleep(0.3)
-            await websocket.send_text("too late")
-            sent_after_close.set()
+        await websocket.close(4000, "x" * 500)  # "long"
+
+
+class Pusher(Endpoint):
+    """A push loop in `on_connect`, as in Starlette's docs: it ends when its client leaves."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        await super().on_connect(websocket)
+        try:
+            for n in range(10_000):  # pragma: no branch - bounded (100 s); the client leaves after 3
+                await websocket.send_text(str(n))
+                await anyio.sleep(0.01)
+        except WebSocketDisconnect as exc:
+            pushes.append(("push ended", exc.code, None, None))
+            raise
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        pushes.append(("on_disconnect", close_code, self.closed_by, str(self.is_open)))
+        push_ended.set()
 
 
 app = Starlette(
@@ -43,6 +57,7 @@ app = Starlette(
         WebSocketRoute("/json", EchoEndpoint.configure(encoding="json")),
         WebSocketRoute("/small", EchoEndpoint.configure(max_message_size=16)),
         WebSocketRoute("/fail", Failing),
+        WebSocketRoute("/push", Pusher),
     ]
 )
 
@@ -123,11 +138,14 @@ async def test_long_close_reason_arrives_cut(serve: Serve) -> None:
     assert await closed_with(f"{serve(app)}/fail", "long") == (4000, "x" * 123)
 
 
-async def test_send_after_peer_left_does_not_raise(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, "wsendpoints")
+async def test_push_loop_learns_its_client_left(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """A send after the client left raises `WebSocketDisconnect` (1006), as in Starlette: the loop ends."""
     base = serve(app)
-    sent_after_close.clear()
-    async with connect(f"{base}/fail") as ws:
-        await ws.send("linger")
-    assert await anyio.to_thread.run_sync(sent_after_close.wait, 5)
+    push_ended.clear()
+    pushes.clear()
+    async with connect(f"{base}/push") as ws:
+        with anyio.fail_after(5):
+            assert [await ws.recv() for _ in range(3)] == ["0", "1", "2"]
+    assert await anyio.to_thread.run_sync(push_ended.wait, 5)
+    assert pushes == [("push ended", 1006, None, None), ("on_disconnect", 1006, "client", "False")]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

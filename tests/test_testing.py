@@ -33,7 +33,7 @@ def test_receive_times_out_instead_of_hanging(client_factory: ClientFactory) -> 
         for helper in (receive, receive_text, receive_bytes, receive_json, expect_close):
             with pytest.raises(TimeoutError):
                 helper(ws, timeout=0.05)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 5  # generous: five 0.05 s timeouts, on two shared cores
         ws.send_text("still works")
         assert receive_text(ws) == "still works"
 
@@ -75,3 +75,18 @@ def test_expect_close_fails_on_message(client_factory: ClientFactory) -> None:
         ws.send_text("x")
         with pytest.raises(AssertionError, match="expected a close, got text 'x'"):
             expect_close(ws)
+
+
+def test_the_private_attributes_the_helpers_rely_on_exist(client_factory: ClientFactory) -> None:
+    """Fails loudly when a Starlette release drops what `wsendpoints.testing` needs (it has no public way)."""
+    with client_factory(app).websocket_connect("/echo") as ws:
+        assert hasattr(ws, "_send_rx"), "WebSocketTestSession._send_rx is gone: rewrite testing.receive()"
+        assert callable(ws._raise_on_close), "WebSocketTestSession._raise_on_close is gone: rewrite testing._data()"
+
+
+def test_helpers_name_the_starlette_they_need() -> None:
+    class OldSession:
+        """A session of a Starlette before 0.45.1, without `_send_rx`."""
+
+    with pytest.raises(RuntimeError, match=r"needs WebSocketTestSession\._send_rx \(Starlette 0\.45\.1 and later\)"):
+        receive(OldSession())  # type: ignore[arg-type]

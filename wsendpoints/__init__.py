@@ -5,7 +5,7 @@ from __future__ import annotations
 from .brokers import Broker, MemoryBroker, Message
 from .closecodes import CloseCode, describe_close_code
 from .endpoints import EchoEndpoint, Endpoint, OKEndpoint, RoomEndpoint
-from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, WSEndpointsError
+from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, TooManyRoomsError, WSEndpointsError
 
 __version__ = "0.1.0.dev0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "Message",
     "OKEndpoint",
     "RoomEndpoint",
+    "TooManyRoomsError",
     "WSEndpointsError",
     "__version__",
     "describe_close_code",

@@ -4,7 +4,8 @@
 WSEndpointsError
 └── BrokerError
     ├── BrokerClosedError       the broker was closed
-    └── BrokerUnavailableError  the broker's backend (e.g. Redis) cannot be reached
+    ├── BrokerUnavailableError  the broker's backend (e.g. Redis) cannot be reached
+    └── TooManyRoomsError       the broker holds as many rooms as it may (`max_rooms`)
 ```
 
 Misconfiguration raises the built-in `TypeError` or `ValueError` when the endpoint class is
@@ -13,7 +14,7 @@ configured; bad client input never raises, it closes the connection with a `Clos
 
 from __future__ import annotations
 
-__all__ = ["BrokerClosedError", "BrokerError", "BrokerUnavailableError", "WSEndpointsError"]
+__all__ = ["BrokerClosedError", "BrokerError", "BrokerUnavailableError", "TooManyRoomsError", "WSEndpointsError"]
 
 
 class WSEndpointsError(Exception):
@@ -30,3 +31,7 @@ class BrokerClosedError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """The broker's backend cannot be reached."""
+
+
+class TooManyRoomsError(BrokerError):
+    """The broker refused to start one more room: it holds as many as it may (`max_rooms`)."""

@@ -51,16 +51,34 @@ def receive(ws: WebSocketTestSession, timeout: float = 1.0) -> ASGIMessage:
         TimeoutError: If none comes within `timeout` seconds.
     """
 
+    stream = _private(ws, "_send_rx")
+
     async def next_message() -> ASGIMessage:
         with anyio.fail_after(timeout):
-            return await ws._send_rx.receive()
+            message: ASGIMessage = await stream.receive()
+            return message
 
     return ws.portal.call(next_message)
 
 
+def _private(ws: WebSocketTestSession, name: str) -> Any:
+    """Return `ws.<name>`, a private attribute of Starlette's: it has no public receive with a timeout.
+
+    Starlette 0.45.1 and later have both that are used, `_send_rx` and `_raise_on_close`; the
+    tests fail loudly if a release drops one.
+    """
+    try:
+        return getattr(ws, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"wsendpoints.testing needs WebSocketTestSession.{name} (Starlette 0.45.1 and later), "
+            "which this Starlette does not have"
+        ) from None
+
+
 def _data(ws: WebSocketTestSession, timeout: float, key: str) -> Any:
     message = receive(ws, timeout)
-    ws._raise_on_close(message)
+    _private(ws, "_raise_on_close")(message)
     if message.get(key) is None:
         raise AssertionError(f"expected a {key} message, got {_describe(message)}")
     return message[key]

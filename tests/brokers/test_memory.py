@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -61,8 +61,10 @@ class Plain(Broker):
         await self.inner.publish(room, message)
 
     @asynccontextmanager
-    async def subscribe(self, room: str, deliver: Deliver) -> AsyncIterator[None]:
-        async with self.inner.subscribe(room, deliver):
+    async def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AsyncIterator[None]:
+        async with self.inner.subscribe(room, deliver, paused):
             yield
 
     async def join(self, room: str, member: str, user: str) -> int:

@@ -3,15 +3,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio
 import pytest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.routing import WebSocketRoute
 from starlette.testclient import WebSocketDenialResponse
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tests.conftest import ClientFactory
 from wsendpoints import CloseCode, EchoEndpoint, Endpoint
@@ -29,7 +30,9 @@ class Recorder(Endpoint):
             raise RuntimeError("secret detail")
         if data == "close":
             await websocket.close(4001, "bye")
-            await websocket.send_text("after close")
+            await websocket.close(4009, "again")  # a second close is harmless
+            with pytest.raises(RuntimeError, match="once a close message has been sent"):
+                await websocket.send_text("after close")
             return
         if data == "long reason":
             await websocket.close(4002, "é" * 100)
@@ -39,7 +42,8 @@ class Recorder(Endpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         assert close_code == self.close_code
         self.disconnects.append((close_code, self.close_reason, self.closed_by))
-        await websocket.send_text("never sent")
+        assert not self.is_open
+        await websocket.close()  # harmless once the connection has ended, as in Starlette's own example
 
 
 @pytest.fixture(autouse=True)
@@ -65,13 +69,14 @@ def test_configure_returns_subclass_and_leaves_original() -> None:
 
 def test_configure_unknown_option_names_it_and_the_valid_ones() -> None:
     with pytest.raises(TypeError, match="unknown option\\(s\\) colour, size; valid options are allowed_origins, "):
-        Endpoint.configure(size=1, colour="red")
+        Endpoint.configure(size=1, colour="red")  # type: ignore[call-arg]  # on purpose
 
 
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"encoding": "xml"}, ValueError, "encoding must be one of 'text', 'bytes', 'json', None, got 'xml'"),
+        ({"encoding": 1}, TypeError, "encoding must be a str or None, got 1"),
+        ({"send_timeout": 0}, ValueError, "send_timeout must be positive and finite, got 0"),
         ({"max_message_size": 0}, ValueError, "max_message_size must be at least 1, got 0"),
         ({"max_message_size": 1.5}, TypeError, "max_message_size must be an int or None, got 1.5"),
         ({"max_message_size": True}, TypeError, "max_message_size must be an int or None"),
@@ -103,7 +108,11 @@ def test_subclass_with_bad_class_attribute_fails_at_definition() -> None:
     [("text", {"bytes": b"x"}, "expected text messages"), ("bytes", {"text": "x"}, "expected binary messages")],
 )
 def test_wrong_frame_type_closes_1003(
-    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture, encoding: str, send: Message, reason: str
+    client_factory: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    encoding: Literal["text", "bytes"],
+    send: Message,
+    reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, "wsendpoints")
     client = client_factory(app_for(Recorder.configure(encoding=encoding)))
@@ -207,6 +216,21 @@ def test_foreign_origin_is_refused_with_403(client_factory: ClientFactory, caplo
     assert Recorder.disconnects == []
     assert "\x1b" not in caplog.text
     assert "malformed Origin header" in caplog.text
+
+
+def test_cross_origin_refusal_logs_what_was_compared_and_how_to_allow_it(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Starlette docs' chat page served from localhost opening ws://127.0.0.1: the log says how to fix it."""
+    caplog.set_level(logging.INFO, "wsendpoints")
+    client = client_factory(app_for(Recorder))
+    with (
+        pytest.raises(WebSocketDenialResponse),
+        client.websocket_connect("/ws", headers={"origin": "http://localhost:8000"}),
+    ):
+        pass  # pragma: no cover - never reached
+    assert "cross-origin request (Origin b'http://localhost:8000', compared with Host 'testserver')" in caplog.text
+    assert "allowed_origins" in caplog.text
 
 
 def test_same_origin_and_no_origin_are_allowed(client_factory: ClientFactory) -> None:
@@ -411,14 +435,21 @@ def test_custom_decode_is_used(client_factory: ClientFactory) -> None:
 
 
 def drive(
-    endpoint: type[Endpoint], incoming: list[Message], fail_sends: bool = False, headers: Headers = ()
+    endpoint: type[Endpoint],
+    incoming: list[Message],
+    fail_sends: bool = False,
+    headers: Headers = (),
+    query: bytes = b"",
+    stall: str = "",
+    backend: str = "asyncio",
 ) -> list[Message]:
     """Run one connection of `endpoint` in a thread of its own, cancelled after 0.5 s; return what it sent.
 
     The thread keeps the cancellation out of the test's frame, where it would confuse the coverage tracer.
     """
     sent: list[Message] = []
-    thread = threading.Thread(target=anyio.run, args=(_drive, endpoint, incoming, fail_sends, sent, list(headers)))
+    args = (_drive, endpoint, incoming, fail_sends, sent, list(headers), query, stall.split())
+    thread = threading.Thread(target=anyio.run, args=args, kwargs={"backend": backend})
     thread.start()
     thread.join(10)
     return sent
@@ -428,7 +459,13 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 
 async def _drive(
-    endpoint: type[Endpoint], incoming: list[Message], fail_sends: bool, sent: list[Message], headers: Headers
+    endpoint: type[Endpoint],
+    incoming: list[Message],
+    fail_sends: bool,
+    sent: list[Message],
+    headers: Headers,
+    query: bytes,
+    stall: list[str],
 ) -> None:
     queue = list(incoming)
 
@@ -441,14 +478,17 @@ async def _drive(
     async def send(message: Message) -> None:
         if fail_sends and message["type"] != "websocket.accept":
             raise OSError("connection reset")
+        if message["type"] in stall:  # a client that does not read: the send never completes
+            await anyio.sleep_forever()
         sent.append(message)
 
-    scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": b""}
+    scope = {"type": "websocket", "path": "/ws", "headers": headers, "query_string": query}
     with anyio.move_on_after(0.5):
         await endpoint(scope, receive, send)
 
 
-def test_sending_after_peer_left_never_raises() -> None:
+def test_sending_after_peer_left_raises_websocket_disconnect_1006() -> None:
+    """As in Starlette: the handler's send raises, the connection ends as the client's, with no error."""
     incoming: list[Message] = [
         {"type": "websocket.connect"},
         {"type": "websocket.receive", "text": "hi"},
@@ -456,7 +496,7 @@ def test_sending_after_peer_left_never_raises() -> None:
     ]
     sent = drive(Recorder, incoming, True)
     assert sent == [{"type": "websocket.accept", "subprotocol": None, "headers": []}]
-    assert Recorder.disconnects == [(1000, "", "client")]
+    assert Recorder.disconnects == [(1006, "", "client")]
 
 
 def test_cancelled_connection_still_gets_on_disconnect() -> None:
@@ -469,7 +509,7 @@ def test_cancelled_connection_whose_peer_left() -> None:
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
     sent = drive(Recorder, incoming, True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
-    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+    assert Recorder.disconnects == [(1006, "", "client")]
 
 
 def test_receive_json_helper_with_json_endpoint(client_factory: ClientFactory) -> None:
@@ -534,12 +574,187 @@ def test_send_event_drops_on_a_closed_socket_and_never_raises() -> None:
 
     async def scenario() -> None:
         scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
-        socket = _Socket(Recorder(scope, receive, send), scope, receive, send)
+        socket = _Socket(scope, receive, send, 10.0)
         event = {"type": "websocket.send", "text": "x"}
         await socket.send_event(event)  # not open yet: dropped
         socket.open = True
         await socket.send_event(event)  # the peer is gone: no exception
-        assert (socket.open, socket.peer_gone) == (False, True)
+        assert (socket.open, socket.client_state, socket.close_code) == (False, WebSocketState.DISCONNECTED, 1006)
 
     anyio.run(scenario)
     assert sent == [{"type": "websocket.send", "text": "x"}]
+
+
+# Drop-in for Starlette's `WebSocketEndpoint`
+
+
+def test_client_close_without_a_code_is_1005(caplog: pytest.LogCaptureFixture) -> None:
+    for disconnect in ({"type": "websocket.disconnect", "code": None}, {"type": "websocket.disconnect"}):
+        Recorder.disconnects.clear()
+        drive(Recorder, [{"type": "websocket.connect"}, disconnect])
+        assert Recorder.disconnects == [(CloseCode.NO_STATUS_RCVD, "", "client")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class Raiser(Endpoint):
+    """Raises Starlette's documented refusals from its handlers."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        how = websocket.query_params.get("how", "")
+        if how == "http":
+            raise HTTPException(401, "who are you?", headers={"WWW-Authenticate": "Bearer"})
+        if how == "ws-before":
+            raise WebSocketException(CloseCode.POLICY_VIOLATION, "no token")
+        await super().on_connect(websocket)
+        if how == "ws-after":
+            raise WebSocketException(4401, "token expired")
+        if how == "http-after":
+            raise HTTPException(401)
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        raise WebSocketException(CloseCode.POLICY_VIOLATION, f"not allowed: {data}")
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
+
+
+def test_websocket_exception_closes_with_its_code_and_reason(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_factory(app_for(Raiser))
+    with client.websocket_connect("/ws?how=ws-after") as ws:
+        assert expect_close(ws) == (4401, "token expired")
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("this")
+        assert expect_close(ws) == (CloseCode.POLICY_VIOLATION, "not allowed: this")
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws?how=ws-before"):
+        pass  # pragma: no cover - never reached
+    assert (refused.value.code, refused.value.reason) == (CloseCode.POLICY_VIOLATION, "no token")
+    assert Recorder.disconnects == [(4401, "token expired", "server"), (1008, "not allowed: this", "server")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_http_exception_before_accept_is_that_http_response(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_factory(app_for(Raiser))
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws?how=http"):
+        pass  # pragma: no cover - never reached
+    assert denied.value.status_code == 401
+    assert denied.value.text == "who are you?"
+    assert denied.value.headers["www-authenticate"] == "Bearer"
+    assert Recorder.disconnects == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_http_exception_without_denial_responses_is_a_403_close() -> None:
+    scope_extra: list[tuple[bytes, bytes]] = []
+    sent = drive(Raiser, [{"type": "websocket.connect"}], headers=scope_extra, query=b"how=http")
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "who are you?"}]
+
+
+def test_http_exception_after_accept_is_an_error_1011(client_factory: ClientFactory) -> None:
+    client = client_factory(app_for(Raiser))
+    with client.websocket_connect("/ws?how=http-after") as ws:
+        assert expect_close(ws) == (CloseCode.INTERNAL_ERROR, "internal error")
+    assert Recorder.disconnects == [(1011, "internal error", "error")]
+
+
+def test_sending_before_accept_is_starlettes_runtime_error(client_factory: ClientFactory) -> None:
+    class Eager(Endpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.send_text("too early")
+
+    client = client_factory(app_for(Eager))
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/ws"):
+        pass  # pragma: no cover - never reached
+    assert denied.value.status_code == 500
+
+
+def test_subclass_with_its_own_encoding_and_any_attribute_names(client_factory: ClientFactory) -> None:
+    """Valid for Starlette, so valid here: an encoding decoded by the subclass, an attribute named `options`."""
+
+    class Reversed(Endpoint):
+        encoding = "reversed"  # type: ignore[assignment]
+        options = {"anything": 1}  # noqa: RUF012 - a user's own attribute
+
+        async def decode(self, websocket: WebSocket, message: Message) -> Any:
+            return (await super().decode(websocket, message))[::-1]
+
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(f"{data} {self.options['anything']}")
+
+    client = client_factory(app_for(Reversed))
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("olleh")
+        assert receive_text(ws) == "hello 1"
+
+
+def test_is_open_until_the_client_leaves(client_factory: ClientFactory) -> None:
+    seen: list[bool] = []
+
+    class Watcher(Endpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            seen.append(self.is_open)
+            await super().on_connect(websocket)
+            seen.append(self.is_open)
+
+        async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+            seen.append(self.is_open)
+
+    client = client_factory(app_for(Watcher))
+    with client.websocket_connect("/ws"):
+        pass
+    assert seen == [False, True, False]
+
+
+# send_timeout: a client that does not read
+
+
+class Stalled(Endpoint):
+    send_timeout = 0.05
+
+    async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+        try:
+            await websocket.send_text("never taken")
+        except WebSocketDisconnect as exc:
+            Recorder.disconnects.append((exc.code, exc.reason or "", "raised"))
+            with pytest.raises(WebSocketDisconnect):
+                await websocket.send_text("still gone")
+            raise
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_send_timeout_closes_1013_and_releases_the_handler(backend: str) -> None:
+    """On asyncio a watch with one timer per connection ends the send; on trio a deadline per send."""
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled, incoming, stall="websocket.send", backend=backend)
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "send timeout"}
+    assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
+
+
+def test_send_timeout_drops_a_connection_whose_close_cannot_go() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled, incoming, stall="websocket.send websocket.close")
+    assert [m["type"] for m in sent] == ["websocket.accept"]
+    assert Recorder.disconnects == [(1013, "send timeout", "raised"), (1013, "send timeout", "server")]
+
+
+@pytest.mark.parametrize("send_timeout", [None, 60])
+def test_a_send_within_send_timeout_is_left_alone(send_timeout: float | None) -> None:
+    """The connection is cancelled from outside (shutdown) mid-send: that cancellation is not a send timeout."""
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(Stalled.configure(send_timeout=send_timeout), incoming, stall="websocket.send")
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+
+
+def test_send_timeout_none_sends_as_usual(client_factory: ClientFactory) -> None:
+    client = client_factory(app_for(EchoEndpoint.configure(send_timeout=None)))
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("no deadline")
+        assert receive_text(ws) == "no deadline"

@@ -36,7 +36,7 @@ def test_echo_template_formats_text_replies_only(client_factory: ClientFactory) 
 )
 def test_echo_template_must_use_only_data(template: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="template"):
-        EchoEndpoint.configure(template=template)
+        EchoEndpoint.configure(template=template)  # type: ignore[arg-type]  # on purpose
 
 
 def test_echo_with_json_encoding_sends_json_text(client_factory: ClientFactory) -> None:

@@ -27,4 +27,4 @@ def test_ok_reply_option(client_factory: ClientFactory) -> None:
 
 def test_ok_reply_must_be_text() -> None:
     with pytest.raises(TypeError, match="reply must be a str, got b'OK'"):
-        OKEndpoint.configure(reply=b"OK")
+        OKEndpoint.configure(reply=b"OK")  # type: ignore[arg-type]  # the type checker catches it too

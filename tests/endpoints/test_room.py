@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -316,9 +316,10 @@ def test_rate_limit_window_slides(client_factory: ClientFactory) -> None:
 
 
 def test_room_max_message_size_is_64_kib(client_factory: ClientFactory) -> None:
-    client = client_factory(room_app(fresh()))
-    with client.websocket_connect("/rooms/lobby/ann") as ann:
+    client = client_factory(room_app(fresh(join_template=None)))
+    with client.websocket_connect("/rooms/lobby/ann") as ann, client.websocket_connect("/rooms/lobby/bob") as bob:
         ann.send_text("x" * 64 * 1024)
+        assert receive_text(bob) == "ann: " + "x" * 64 * 1024  # exactly 64 KiB passes
         ann.send_text("x" * (64 * 1024 + 1))
         assert expect_close(ann) == (CloseCode.MESSAGE_TOO_BIG, "message too big")
 
@@ -434,10 +435,42 @@ def test_writer_error_closes_1011(client_factory: ClientFactory, caplog: pytest.
     assert anyio.run(endpoint.members, "lobby") == []
 
 
-def test_dropped_counts_for_policies() -> None:
-    endpoint = fresh()
-    instance = endpoint({"type": "websocket"}, None, None)  # type: ignore[arg-type]
-    assert instance.dropped == 0
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_dropped_counts_what_the_drop_policies_dropped(
+    client_factory: ClientFactory, policy: Literal["drop_oldest", "drop_newest"]
+) -> None:
+    """A member whose writer is stuck on its first send: a queue of 2 keeps 2 of the next 6, drops 4."""
+    dropped: list[int] = []
+
+    class Stuck(RoomEndpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await super().on_connect(websocket)
+            sent = anyio.Event()
+
+            async def send_event(event: Any) -> None:
+                sent.set()
+                await anyio.sleep_forever()  # the client never takes the first message
+
+            websocket.send_event = send_event  # type: ignore[attr-defined]
+            self.stuck = sent
+
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            with anyio.fail_after(5):
+                await self.stuck.wait()  # the writer holds the first message
+            for n in range(6):
+                assert self.member is not None
+                self.member.push(f"m{n}")
+            dropped.append(self.dropped)
+
+    endpoint = Stuck.configure(
+        broker=MemoryBroker(), join_template=None, max_queue=2, slow_consumer=policy, send_timeout=60
+    )
+    client = client_factory(room_app(endpoint))
+    with client.websocket_connect("/rooms/lobby/ann") as ann:
+        anyio.run(endpoint.broadcast, "lobby", "first")
+        ann.send_text("go")
+        assert_no_message(ann)  # the writer is still stuck on "first"
+    assert dropped == [4]
 
 
 def test_new_test_client_works_after_closing_room_clients() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -51,7 +51,9 @@ async def receive(ws: ClientConnection) -> Any:
 
 @pytest.mark.parametrize("mode", ["text", "json"])
 @bounded(60)
-async def test_bad_broadcasts_under_uvicorn_raise_and_every_member_keeps_receiving(serve: Serve, mode: str) -> None:
+async def test_bad_broadcasts_under_uvicorn_raise_and_every_member_keeps_receiving(
+    serve: Serve, mode: Literal["text", "json"]
+) -> None:
     """Only a real server encodes the frame: a lone surrogate once closed every member with 1011."""
     endpoint = RoomEndpoint.configure(broker=MemoryBroker(), mode=mode, max_message_size=1024, presence_notices=False)
     base = serve(say_app(endpoint))

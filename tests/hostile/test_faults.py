@@ -41,7 +41,7 @@ async def test_sigterm_with_100_members_closes_every_client_and_exits_promptly()
     exited = time.monotonic() - started
     assert set(codes) == {1012}
     assert b"unhandled error" not in stderr
-    assert exited < 10
+    assert exited < 10  # generous on purpose (shared cores): uvicorn's own graceful shutdown takes about 1 s
     FIGURES["SIGTERM with 100 members"] = {"close frames": len(codes), "code": 1012, "exit s": round(exited, 2)}
 
 

@@ -107,6 +107,7 @@ async def test_flooding_client_is_rate_limited_while_a_bystander_keeps_its_laten
         "bystander p99 ms quiet": round(p99(quiet) * 1000, 1),
         "bystander p99 ms during flood": round(p99(loud) * 1000, 1),
     }
+    # Generous on purpose (shared cores): it catches a bystander held up by the flood, not a slow machine.
     assert p99(loud) < max(10 * p99(quiet), 0.5)
 
 

@@ -168,7 +168,8 @@ async def test_a_killed_process_drops_out_of_presence(redis_server: RedisServer,
         await anyio.to_thread.run_sync(two.kill)
         killed = time.monotonic()
         await room.wait_for_members(one, lambda present: present == ["ann"])
-        assert time.monotonic() - killed < 1.0 + 1.5
+        # presence_ttl (1 s) plus a margin for the reaper and two shared cores; the wait above is the event.
+        assert time.monotonic() - killed < 1.0 + 3.0
         await anyio.to_thread.run_sync(one.post, "/broadcast/killed", "still here")
         received = await ann.receive_until("still here")
         assert received[:2] == ["bob joined the chat", "cid joined the chat"]

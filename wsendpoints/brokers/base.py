@@ -103,8 +103,18 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def subscribe(self, room: str, deliver: Deliver) -> AbstractAsyncContextManager[None]:
+    def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """Call `deliver` with each message published to `room` until the context exits.
+
+        Args:
+            room: The room.
+            deliver: Called with each message.
+            paused: A cheap, thread-safe check. A broker that reads ahead (from Redis, say)
+                calls it before reading more of `room` and, while it returns True, leaves the
+                room's backlog where it is (asking again at least every 50 ms). A broker that
+                hands messages over as they are published may ignore it.
 
         Raises:
             BrokerClosedError: If the broker was closed.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..exceptions import BrokerClosedError
@@ -61,7 +61,10 @@ class MemoryBroker(Broker):
                 logger.exception("a subscriber of room %r failed to take a message", room)
 
     @asynccontextmanager
-    async def subscribe(self, room: str, deliver: Deliver) -> AsyncIterator[None]:
+    async def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AsyncIterator[None]:
+        """Call `deliver` with each message published to `room`; `paused` is ignored: nothing reads ahead."""
         self._check_open()
         with self._lock:
             self._subscribers[room] = (*self._subscribers.get(room, ()), deliver)

@@ -7,28 +7,46 @@ and a short reason, records them on the endpoint and calls `on_disconnect` exact
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
-from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
 from starlette.endpoints import WebSocketEndpoint
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import _json
-from .._options import OptionCheck, check_choice, check_number, check_size
+from .._deadline import SendWatch
+from .._options import OptionCheck, check_number, check_size, check_text
 from .._origin import OriginPolicy
 from ..closecodes import CloseCode
 
-__all__ = ["ClosedBy", "Endpoint"]
+__all__ = ["ClosedBy", "Endpoint", "EndpointOptions"]
 
 logger = logging.getLogger("wsendpoints")
 
 ClosedBy = Literal["client", "server", "error"]
-E = TypeVar("E", bound="Endpoint")
+
+if TYPE_CHECKING:  # typing_extensions: Self and Unpack are in `typing` from Python 3.11 only
+    from typing_extensions import Self, Unpack
+
+
+class EndpointOptions(TypedDict, total=False):
+    """The options of `Endpoint.configure()`, for the type checker: a misspelt one is an error."""
+
+    encoding: Literal["text", "bytes", "json"] | None
+    max_message_size: int | None
+    allowed_origins: list[str] | None
+    max_connections: int | None
+    idle_timeout: float | None
+    send_timeout: float | None
+
 
 MAX_REASON_BYTES = 123
 """The longest close reason RFC 6455 allows, in UTF-8 bytes."""
@@ -47,57 +65,150 @@ def _check_origins(name: str, value: Any) -> None:
     OriginPolicy.from_option(value)
 
 
-class _Socket(WebSocket):
-    """A `WebSocket` that reports its close to the endpoint and never raises for a peer that left."""
+def _check_encoding(name: str, value: Any) -> None:
+    """Accept any str, as Starlette does: an encoding of the subclass's own is decoded by its `decode()`."""
+    check_text(optional=True)(name, value)
 
-    def __init__(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+
+class _Socket(WebSocket):
+    """One connection: Starlette's `WebSocket` and the one owner of how the connection ends.
+
+    The state is Starlette's (`client_state`, `application_state`) plus what ended it:
+    `close_code`, `close_reason`, `closed_by`. `Endpoint` reads it; only this class writes it.
+
+    Sends behave as Starlette's, with deadlines: a data send after the client left raises
+    `WebSocketDisconnect`, one after the application's own close raises `RuntimeError`, a
+    second close is harmless, and a send that does not complete within `send_timeout` closes
+    the connection with 1013 "send timeout" and raises `WebSocketDisconnect`.
+    `send_event` is the quiet path of the library's own fan-out: it drops what cannot go.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, send_timeout: float | None) -> None:
         super().__init__(scope, receive, send)
-        self.endpoint = endpoint
+        self.send_timeout = send_timeout
+        self._watch: SendWatch | None = None
         self.accepted = False
-        self.peer_gone = False
         self.open = False
         """True from the accept until a close is sent or received, or the peer is found gone."""
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed_by: ClosedBy | None = None
+        self.receiving: anyio.CancelScope | None = None
+        """The receive loop's scope while it waits for a message; a close from another task cancels it."""
+
+    def ended(self, code: int, reason: str, by: ClosedBy) -> None:
+        """Record the end of the connection, unless already recorded."""
+        self.open = False
+        if self.closed_by is None:
+            self.close_code, self.close_reason, self.closed_by = code, reason, by
+
+    def client_left(self, code: int, reason: str) -> None:
+        """Record that the client closed (or vanished) with `code`."""
+        self.client_state = WebSocketState.DISCONNECTED
+        self.ended(code, reason, "client")
+
+    def stop_receiving(self) -> None:
+        """End the receive loop if it is waiting for a message (the connection ended in another task)."""
+        if self.receiving is not None:
+            self.receiving.cancel()
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "websocket.send" and self.open:
-            # The hot path: a data frame on an open connection needs none of Starlette's state checks.
-            await self.send_event(message)
-            return
-        if self.peer_gone or WebSocketState.DISCONNECTED in (self.application_state, self.client_state):
-            logger.debug("dropped %s on a closed connection", kind)
-            return
+        if kind == "websocket.send":
+            if self.open:
+                await self._send_data(message)
+                return
+            if self.client_state is WebSocketState.DISCONNECTED:
+                raise WebSocketDisconnect(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason or None)
+            await super().send(message)  # not accepted yet, or closed by the app: Starlette's RuntimeError
+            return  # pragma: no cover - Starlette raises for both
         if kind == "websocket.close":
-            self.open = False
-            code = int(message.get("code", CloseCode.NORMAL_CLOSURE))
-            reason = cut_reason(message.get("reason") or "")
-            message = {"type": "websocket.close", "code": code, "reason": reason}
-            self.endpoint._closed(code, reason, "server")
-        try:
-            await super().send(message)
-        except _DISCONNECTED:
-            self.peer_gone, self.open = True, False
-            logger.debug("peer left before %s", kind)
+            await self._close(message)
             return
-        finally:
-            if kind == "websocket.close":
-                # Only now, with the close frame handed over (or abandoned), stop the receive loop.
-                self.endpoint._stop_receiving()
+        await super().send(message)
         if kind == "websocket.accept":
-            self.accepted = True
-            self.open = True
+            self.accepted = self.open = True
+            if self.send_timeout is not None:
+                self._watch = SendWatch.for_current_loop(self.send_timeout)
+
+    async def _send_data(self, message: Message) -> None:
+        timeout = self.send_timeout
+        watch = self._watch
+        stalled = False
+        try:
+            if timeout is None:
+                await self._send(message)
+            elif watch is not None:  # asyncio: no timer per send
+                task = watch.begin()
+                try:
+                    await self._send(message)
+                except asyncio.CancelledError:
+                    if not watch.expired(task):
+                        raise
+                    stalled = True
+                finally:
+                    watch.end(task)
+            else:
+                with anyio.move_on_after(timeout) as deadline:
+                    await self._send(message)
+                stalled = deadline.cancelled_caught
+        except _DISCONNECTED:
+            self.client_left(CloseCode.ABNORMAL_CLOSURE, "")
+            self.stop_receiving()
+            logger.debug("peer left before websocket.send")
+            raise WebSocketDisconnect(CloseCode.ABNORMAL_CLOSURE) from None
+        if stalled:
+            assert timeout is not None
+            logger.info("closing %r with 1013: send timeout (the client does not read)", self.url.path)
+            await self._close(
+                {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER, "reason": "send timeout"},
+                wait=min(1.0, timeout),  # a frame that can still go goes at once; else drop the connection
+            )
+            self.client_state = WebSocketState.DISCONNECTED  # the peer is as good as gone: later sends raise
+            raise WebSocketDisconnect(CloseCode.TRY_AGAIN_LATER, "send timeout")
+
+    def release(self) -> None:
+        """Stop the send deadline's timer: the connection has ended."""
+        if self._watch is not None:
+            self._watch.close()
+
+    async def _close(self, message: Message, wait: float | None = None) -> None:
+        """Send a close frame once, within `wait` (or `send_timeout`) seconds.
+
+        A second close, or one after the peer left, is a no-op.
+        """
+        if WebSocketState.DISCONNECTED in (self.application_state, self.client_state):
+            logger.debug("dropped websocket.close on a closed connection")
+            return
+        code = message.get("code")
+        code = CloseCode.NORMAL_CLOSURE if code is None else int(code)
+        reason = cut_reason(message.get("reason") or "")
+        if self.accepted:
+            self.ended(code, reason, "server")
+        try:
+            with anyio.move_on_after(wait or self.send_timeout or math.inf):  # a stalled peer may never take the frame
+                await super().send({"type": "websocket.close", "code": code, "reason": reason})
+        except _DISCONNECTED:
+            self.client_state = WebSocketState.DISCONNECTED
+            logger.debug("peer left before websocket.close")
+        finally:
+            self.application_state = WebSocketState.DISCONNECTED
+            # Only now, with the close frame handed over (or abandoned), stop the receive loop.
+            self.stop_receiving()
 
     async def send_event(self, event: Message) -> None:
         """Send a "websocket.send" event straight to the server; drop it once the connection is closed.
 
-        The event may be shared by many members: it is never changed here.
+        The quiet path of the library's own fan-out (a room member's writer, which has its own
+        deadline): never raises for a peer that left. The event may be shared by many members: it
+        is never changed here.
         """
         if not self.open:
             return
         try:
             await self._send(event)
         except _DISCONNECTED:
-            self.peer_gone, self.open = True, False
+            self.client_left(CloseCode.ABNORMAL_CLOSURE, "")
             logger.debug("peer left before websocket.send")
 
 
@@ -110,12 +221,21 @@ class Endpoint(WebSocketEndpoint):
 
     - Frames of the wrong type for `encoding` "text" or "bytes" close with 1003; for "json",
       malformed JSON, invalid UTF-8, `NaN`/`Infinity`, over-long numbers and deep nesting
-      close with 1007.
+      close with 1007. Any other `encoding` is the subclass's own: its `decode()` gets the
+      message, as in Starlette.
     - Messages over `max_message_size` close with 1009, before any decoding.
-    - A handler that raises closes with 1011 "internal error" and one ERROR log line.
+    - A handler that raises closes with 1011 "internal error" and one ERROR log line;
+      `WebSocketException(code, reason)` closes with that code and reason, and `HTTPException`
+      before the accept becomes that HTTP response (403 where the server cannot send one).
     - A foreign `Origin` gets HTTP 403; a connection past `max_connections` is accepted and
-      closed with 1013; `idle_timeout` seconds without a client message close with 1001.
-    - `on_disconnect` runs once per accepted connection, with the code exchanged.
+      closed with 1013; `idle_timeout` seconds without a client message (the client is silent)
+      close with 1001; a send that does not complete within `send_timeout` seconds (the client
+      does not read) closes with 1013 "send timeout".
+    - Sends behave as in Starlette: after the client left they raise `WebSocketDisconnect`,
+      after the app's own close `RuntimeError`; a second `close()` is harmless. `is_open` says
+      whether the connection is still open.
+    - `on_disconnect` runs once per accepted connection, with the code exchanged (1005 when
+      the client's close carried none).
 
     Example:
         ```python
@@ -140,77 +260,97 @@ class Endpoint(WebSocketEndpoint):
     allowed_origins: list[str] | None = None
     max_connections: int | None = None
     idle_timeout: float | None = None
+    send_timeout: float | None = 10.0
 
-    options: ClassVar[dict[str, OptionCheck]] = {
-        "encoding": check_choice(("text", "bytes", "json", None)),
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        "encoding": _check_encoding,
         "max_message_size": check_size(),
         "allowed_origins": _check_origins,
         "max_connections": check_size(),
         "idle_timeout": check_number(),
+        "send_timeout": check_number(),
     }
-    """Each option's name and the check its value must pass; subclasses add their own."""
+    """Each option's name and the check its value must pass; subclasses add their own.
+
+    Namespaced so that a subclass may use any attribute name of its own (`options` included).
+    """
 
     _origin_policy: ClassVar[OriginPolicy] = OriginPolicy()
     _open_connections: ClassVar[int] = 0
     _count_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    close_code: int | None
-    """The close code exchanged, once the connection has ended."""
-    close_reason: str
-    """The close reason exchanged, once the connection has ended."""
-    closed_by: ClosedBy | None
-    """Who ended the connection: "client", "server" or "error" (an unhandled exception)."""
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, check in cls.options.items():
+        for name, check in cls._wsendpoints_options.items():
             check(name, getattr(cls, name))
         cls._origin_policy = OriginPolicy.from_option(cls.allowed_origins)
         cls._open_connections = 0
         cls._count_lock = threading.Lock()
 
     @classmethod
-    def configure(cls: type[E], **options: Any) -> type[E]:
+    def configure(cls, **options: Unpack[EndpointOptions]) -> type[Self]:
         """Return a subclass with `options` set; this class is left untouched.
 
         Raises:
             TypeError: If an option is unknown or its value of the wrong type.
             ValueError: If an option's value is out of range.
         """
-        unknown = sorted(set(options) - set(cls.options))
+        return cls._configure(options)
+
+    @classmethod
+    def _configure(cls, options: Mapping[str, Any]) -> type[Self]:
+        """Make the subclass of `configure()`; each endpoint class's `configure` types its own options."""
+        known = cls._wsendpoints_options
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise TypeError(
                 f"{cls.__name__}.configure() got unknown option(s) {', '.join(unknown)}; "
-                f"valid options are {', '.join(sorted(cls.options))}"
+                f"valid options are {', '.join(sorted(known))}"
             )
         namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, **options}
         return type(cls.__name__, (cls,), namespace)
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
-        self.close_code = None
-        self.close_reason = ""
-        self.closed_by = None
-        self._waiting = False
-        self._receive_scope: anyio.CancelScope | None = None
+        self._wsendpoints_socket = _Socket(scope, receive, send, self.send_timeout)
 
-    def _closed(self, code: int, reason: str, by: ClosedBy) -> None:
-        """Record the end of the connection, unless already recorded."""
-        if self.closed_by is None:
-            self.close_code = code
-            self.close_reason = reason
-            self.closed_by = by
+    @property
+    def close_code(self) -> int | None:
+        """The close code exchanged, once the connection has ended."""
+        return self._wsendpoints_socket.close_code
 
-    def _stop_receiving(self) -> None:
-        """End the receive loop if it is waiting for a message (a close came from another task)."""
-        if self._waiting and self._receive_scope is not None:
-            self._receive_scope.cancel()
+    @property
+    def close_reason(self) -> str:
+        """The close reason exchanged, once the connection has ended."""
+        return self._wsendpoints_socket.close_reason
+
+    @property
+    def closed_by(self) -> ClosedBy | None:
+        """Who ended the connection: "client", "server" or "error" (an unhandled exception)."""
+        return self._wsendpoints_socket.closed_by
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is accepted and not yet closed by either side.
+
+        A push loop can test it instead of waiting for a send to raise `WebSocketDisconnect`.
+        Starlette's own `websocket.client_state` and `websocket.application_state` are kept
+        accurate too.
+        """
+        return self._wsendpoints_socket.open
 
     async def dispatch(self) -> None:
-        websocket = _Socket(self, self.scope, self.receive, self.send)
+        websocket = self._wsendpoints_socket
         refusal = self._origin_policy.refusal(self.scope)
         if refusal is not None:
-            logger.info("refused handshake on %s: %s (Origin %s)", self._path(), refusal, self._origin())
+            logger.info(
+                "refused handshake on %s: %s (Origin %s, compared with Host %s); "
+                "to allow that origin, list it in the endpoint's allowed_origins option",
+                self._path(),
+                refusal,
+                self._origin(),
+                self._host(),
+            )
             await self._deny(websocket, 403, "Origin not allowed")
             return
         cls = type(self)
@@ -229,11 +369,20 @@ class Endpoint(WebSocketEndpoint):
                 if not websocket.accepted:
                     await self._deny(websocket, 403, "Connection refused")
                     return
-                if self.closed_by is None:
+                if websocket.closed_by is None:
                     await self._receive_loop(websocket)
             except WebSocketDisconnect as exc:
-                # A handler that reads the socket itself saw the client leave.
-                self._closed(exc.code, exc.reason or "", "client")
+                # A handler that reads the socket itself saw the client leave, or a send found it gone.
+                websocket.client_left(exc.code, exc.reason or "")
+            except WebSocketException as exc:
+                logger.info("closing %s with %d: %s (WebSocketException)", self._path(), exc.code, exc.reason)
+                await websocket.close(exc.code, exc.reason)
+            except HTTPException as exc:
+                if websocket.accepted:
+                    await self._fail(websocket)
+                    return
+                logger.info("refused handshake on %s: HTTP %d (HTTPException)", self._path(), exc.status_code)
+                await self._deny(websocket, exc.status_code, str(exc.detail), exc.headers)
             except Exception:
                 if not websocket.accepted:
                     logger.exception("unhandled error in %s.on_connect", type(self).__name__)
@@ -243,35 +392,36 @@ class Endpoint(WebSocketEndpoint):
         finally:
             if websocket.accepted:
                 await self._disconnect(websocket)
+            websocket.release()
 
     async def _receive_loop(self, websocket: _Socket) -> None:
         receive = self.receive
         idle_timeout = self.idle_timeout
-        scope = self._receive_scope = anyio.CancelScope()
+        scope = anyio.CancelScope()
         with scope:
             while True:
-                self._waiting = True
+                websocket.receiving = scope
                 if idle_timeout is not None:
                     scope.deadline = anyio.current_time() + idle_timeout
                 message = await receive()
-                self._waiting = False
+                websocket.receiving = None
                 if idle_timeout is not None:
                     scope.deadline = math.inf
                 if message["type"] == "websocket.receive":
                     data = await self.decode(websocket, message)
-                    if self.closed_by is not None:
+                    if websocket.closed_by is not None:
                         break
                     await self.on_receive(websocket, data)
-                    if self.closed_by is not None:
+                    if websocket.closed_by is not None:
                         break
                 else:  # "websocket.disconnect", the only other message ASGI defines
-                    websocket.client_state = WebSocketState.DISCONNECTED
-                    websocket.open = False
-                    code = int(message.get("code", CloseCode.NORMAL_CLOSURE))
-                    self._closed(code, message.get("reason") or "", "client")
+                    code = message.get("code")  # missing or None: the close carried no status code (RFC 6455)
+                    websocket.client_left(
+                        CloseCode.NO_STATUS_RCVD if code is None else int(code), message.get("reason") or ""
+                    )
                     break
-        self._waiting = False
-        if self.closed_by is None:
+        websocket.receiving = None
+        if websocket.closed_by is None:
             await websocket.close(CloseCode.GOING_AWAY, "idle timeout")
 
     async def decode(self, websocket: WebSocket, message: Message) -> Any:
@@ -301,9 +451,9 @@ class Endpoint(WebSocketEndpoint):
             if text is None:
                 return await self._reject(websocket, CloseCode.UNSUPPORTED_DATA, "expected text messages")
             return text
-        if text is not None:
+        if encoding == "bytes" and text is not None:
             return await self._reject(websocket, CloseCode.UNSUPPORTED_DATA, "expected binary messages")
-        return data
+        return data  # "bytes", or an encoding of the subclass's own: its decode() takes it from here
 
     async def _reject(self, websocket: WebSocket, code: CloseCode, reason: str) -> None:
         logger.info("closing %s with %d: %s", self._path(), code, reason)
@@ -312,27 +462,29 @@ class Endpoint(WebSocketEndpoint):
     async def _fail(self, websocket: WebSocket) -> None:
         """Log the exception being handled and close with 1011, unless the connection had already ended."""
         logger.exception("unhandled error in %s on %s", type(self).__name__, self._path())
-        self._closed(CloseCode.INTERNAL_ERROR, "internal error", "error")
+        self._wsendpoints_socket.ended(CloseCode.INTERNAL_ERROR, "internal error", "error")
         await websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    async def _disconnect(self, websocket: WebSocket) -> None:
-        if self.closed_by is None:
+    async def _disconnect(self, websocket: _Socket) -> None:
+        if websocket.closed_by is None:
             # Cancelled from outside (server shutdown): try to tell the peer, but never wait long.
-            self._closed(CloseCode.GOING_AWAY, "server shutting down", "server")
+            websocket.ended(CloseCode.GOING_AWAY, "server shutting down", "server")
             with anyio.move_on_after(1, shield=True):
                 await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
         with anyio.CancelScope(shield=True):
             try:
-                await self.on_disconnect(websocket, self.close_code or CloseCode.GOING_AWAY)
+                await self.on_disconnect(websocket, websocket.close_code or CloseCode.GOING_AWAY)
             except Exception:
                 logger.exception("unhandled error in %s.on_disconnect", type(self).__name__)
 
-    async def _deny(self, websocket: WebSocket, status: int, text: str) -> None:
+    async def _deny(
+        self, websocket: WebSocket, status: int, text: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Refuse the handshake with an HTTP response where the server supports one, else a close (HTTP 403)."""
         if websocket.application_state is not WebSocketState.CONNECTING:
             return  # on_connect already answered the handshake itself
         if "websocket.http.response" in (self.scope.get("extensions") or {}):
-            await websocket.send_denial_response(PlainTextResponse(text, status))
+            await websocket.send_denial_response(PlainTextResponse(text, status, headers))
         else:
             await websocket.close(CloseCode.POLICY_VIOLATION, text)
 
@@ -348,4 +500,8 @@ class Endpoint(WebSocketEndpoint):
 
     def _origin(self) -> str:
         values = [value for name, value in self.scope.get("headers", ()) if name == b"origin"]
+        return repr(values[0] if len(values) == 1 else values)
+
+    def _host(self) -> str:
+        values = [value.decode("latin-1") for name, value in self.scope.get("headers", ()) if name == b"host"]
         return repr(values[0] if len(values) == 1 else values)

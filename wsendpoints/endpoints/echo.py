@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.websockets import WebSocket
 
 from .. import _json
 from .._options import OptionCheck, check_template
-from .base import Endpoint
+from .base import Endpoint, EndpointOptions
 
-__all__ = ["EchoEndpoint"]
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["EchoEndpoint", "EchoOptions"]
+
+
+class EchoOptions(EndpointOptions, total=False):
+    """The options of `EchoEndpoint.configure()`, for the type checker."""
+
+    template: str | None
 
 
 class EchoEndpoint(Endpoint):
@@ -31,7 +40,15 @@ class EchoEndpoint(Endpoint):
 
     template: str | None = None
 
-    options: ClassVar[dict[str, OptionCheck]] = {**Endpoint.options, "template": check_template("data")}
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        **Endpoint._wsendpoints_options,
+        "template": check_template("data"),
+    }
+
+    @classmethod
+    def configure(cls, **options: Unpack[EchoOptions]) -> type[Self]:
+        """Return a subclass with `options` set; see `Endpoint.configure()`."""
+        return cls._configure(options)
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         if isinstance(data, bytes):

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.websockets import WebSocket
 
 from .._options import OptionCheck, check_text
-from .base import Endpoint
+from .base import Endpoint, EndpointOptions
 
-__all__ = ["OKEndpoint"]
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["OKEndpoint", "OKOptions"]
+
+
+class OKOptions(EndpointOptions, total=False):
+    """The options of `OKEndpoint.configure()`, for the type checker."""
+
+    reply: str
 
 
 class OKEndpoint(Endpoint):
@@ -23,7 +32,12 @@ class OKEndpoint(Endpoint):
 
     reply: str = "OK!"
 
-    options: ClassVar[dict[str, OptionCheck]] = {**Endpoint.options, "reply": check_text()}
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {**Endpoint._wsendpoints_options, "reply": check_text()}
+
+    @classmethod
+    def configure(cls, **options: Unpack[OKOptions]) -> type[Self]:
+        """Return a subclass with `options` set; see `Endpoint.configure()`."""
+        return cls._configure(options)
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         await websocket.send({"type": "websocket.send", "text": self.reply})

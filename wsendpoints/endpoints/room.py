@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -28,12 +28,15 @@ from .._text import check_outbound_text, neutralize_controls, normalize_name
 from ..brokers.base import Broker, Entry, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
-from ..exceptions import BrokerError, BrokerUnavailableError
+from ..exceptions import BrokerError, TooManyRoomsError
 from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
 from .base import MAX_REASON_BYTES, Endpoint
 
-__all__ = ["RoomEndpoint"]
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["RoomEndpoint", "RoomOptions"]
 
 logger = logging.getLogger("wsendpoints")
 
@@ -66,6 +69,35 @@ def _check_namespace(name: str, value: Any) -> None:
     check_text()(name, value)
     if not value or "/" in value:
         raise ValueError(f"{name} must be a non-empty str without '/', got {value!r}")
+
+
+class RoomOptions(TypedDict, total=False):
+    """The options of `RoomEndpoint.configure()`, for the type checker (`encoding` follows from `mode`)."""
+
+    max_message_size: int | None
+    allowed_origins: list[str] | None
+    max_connections: int | None
+    idle_timeout: float | None
+    room_param: str
+    user_param: str
+    name_pattern: str
+    mode: Literal["text", "json"]
+    message_template: str | None
+    echo_template: str | None
+    join_template: str | None
+    leave_template: str | None
+    namespace: str
+    broker: Broker
+    max_queue: int
+    slow_consumer: SlowConsumerPolicy
+    send_timeout: float
+    max_members: int | None
+    rate_limit: tuple[int, float] | None
+    join_rate_limit: tuple[int, float] | None
+    presence_notices: bool
+    keep_controls: bool
+    require_auth: bool
+    unique_names: bool
 
 
 class RoomEndpoint(Endpoint):
@@ -112,8 +144,8 @@ class RoomEndpoint(Endpoint):
     presence_notices: bool = True
     keep_controls: bool = False
 
-    options: ClassVar[dict[str, OptionCheck]] = {
-        **{name: check for name, check in Endpoint.options.items() if name != "encoding"},
+    _wsendpoints_options: ClassVar[dict[str, OptionCheck]] = {
+        **{name: check for name, check in Endpoint._wsendpoints_options.items() if name != "encoding"},
         "room_param": check_text(),
         "user_param": check_text(),
         "name_pattern": _check_pattern,
@@ -145,6 +177,11 @@ class RoomEndpoint(Endpoint):
     """The room this connection is in (set once it has joined)."""
     user: str
     """The user name of this connection (set once it has joined)."""
+
+    @classmethod
+    def configure(cls, **options: Unpack[RoomOptions]) -> type[Self]:  # type: ignore[override]  # no `encoding`
+        """Return a subclass with `options` set; see `Endpoint.configure()`."""
+        return cls._configure(options)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -411,8 +448,8 @@ class RoomEndpoint(Endpoint):
                 unique=self.unique_names,
                 max_members=self.max_members,
             )
-        except BrokerUnavailableError:
-            await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "try again later")
+        except BrokerError as exc:
+            await self._broker_failed(websocket, exc)
             return
         if entry.refused is not None:
             full = entry.refused == "room full"
@@ -443,6 +480,12 @@ class RoomEndpoint(Endpoint):
         logger.info("closing %s with %d: %s (user %r, kicked)", self._path(), code, reason, self.user)
         with anyio.move_on_after(1):  # a stalled peer may never take the close frame
             await websocket.close(code, reason)
+
+    async def _broker_failed(self, websocket: WebSocket, exc: BrokerError) -> None:
+        """Close 1013 after the broker failed on this member's path: a WARNING, never 1011, no traceback."""
+        reason = "too many rooms" if isinstance(exc, TooManyRoomsError) else "try again later"
+        logger.warning("closing %s with 1013 %r: room %r: %s", self._path(), reason, self._key, exc)
+        await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -489,7 +532,11 @@ class RoomEndpoint(Endpoint):
         member = self.member
         assert member is not None
         if payload is not None:
-            await self.broker.publish(self._key, Message(payload, sender=member.id))
+            try:
+                await self.broker.publish(self._key, Message(payload, sender=member.id))
+            except BrokerError as exc:
+                await self._broker_failed(websocket, exc)
+                return
         if echo is not None:
             member.push(echo)
 
@@ -514,5 +561,5 @@ class RoomEndpoint(Endpoint):
                         await self.broker.depart(self._key, self.member.id)
                 finally:
                     await self._subscription.__aexit__(None, None, None)
-        except BrokerError:
-            logger.warning("could not tell room %r that %r left", self._key, self.user, exc_info=True)
+        except BrokerError as exc:
+            logger.warning("could not tell room %r that %r left: %s", self._key, self.user, exc)

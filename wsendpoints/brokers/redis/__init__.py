@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import quote
 
@@ -29,12 +29,12 @@ from redis.backoff import NoBackoff
 from ..._options import check_number, check_size, check_text
 from ...exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..base import Broker, Deliver, Entry, Message
-from .connection import FAILED, Clients, Shared, redact
+from .connection import FAILED, Clients, Shared, logger, redact
 from .keys import Keys
 from .presence import Presence
 from .reader import BLOCK_MS, Reader
 from .wire import encode_entry
-from .writer import APPEND, Writer
+from .writer import APPEND, RESERVE, Writer
 
 __all__ = ["RedisBroker"]
 
@@ -47,9 +47,12 @@ class _Link:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: Writer, reader: Reader, presence: Presence) -> None:
         self.loop = loop
-        self.lock = asyncio.Lock()
+        self.connecting: asyncio.Task[Clients] | None = None
+        """The one connection attempt that every first use waits for (no lock is held across it)."""
         self.clients: Clients | None = None
         self.supervisor: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+        """What ended the supervisor, if it ended on its own: a bug, which every later use reports."""
         self.writer = writer
         self.reader = reader
         self.presence = presence
@@ -61,11 +64,18 @@ class RedisBroker(Broker):
     Every subscriber, in any process, receives a room's messages in the one order of the room's
     stream, its own process's included: nothing takes a local short cut. Each process reads
     with one Redis connection, whatever its number of rooms and members, plus a small pool for
-    commands. Everything on the wire is JSON; anything on our keys that we did not write is
-    skipped with one WARNING on the logger `wsendpoints` and counted in `malformed`.
+    commands. A stream entry is the message's own UTF-8 bytes and a small JSON `meta` field;
+    anything on our keys that we did not write is skipped with one WARNING on the logger
+    `wsendpoints` and counted in `malformed`.
+
+    What one client can make Redis hold is bounded: each room's stream keeps `stream_bytes`
+    (plus one message) and about `stream_maxlen` messages, and one `prefix` holds at most
+    `max_rooms` live rooms (a stream or members): one more raises `TooManyRoomsError`. Redis
+    refusing (out of memory, say) raises `BrokerError` in `publish` and `join`; Redis hung
+    raises `BrokerUnavailableError` within `connect_timeout`, and no lock is held meanwhile.
 
     If Redis goes away, subscriptions and members stay. `publish` keeps up to `buffer_size`
-    messages in memory (past that it drops them, counting them in `dropped`, with a WARNING),
+    messages and `buffer_bytes` bytes in memory (past that it drops them, counting them in `dropped`, with a WARNING),
     the broker reconnects with exponential backoff up to `max_backoff` seconds, and then
     appends them in order and reads on from where each room stopped. If Redis came back empty
     (a restart without persistence), each process sends its last second of messages again and
@@ -88,8 +98,12 @@ class RedisBroker(Broker):
         presence_ttl: Seconds after which the members of a process that stopped (killed, or
             hung) drop out of presence.
         buffer_size: Messages kept while Redis is unreachable.
+        buffer_bytes: Bytes of messages kept while Redis is unreachable.
         stream_maxlen: About how many messages each room's stream keeps.
+        stream_bytes: Bytes of messages each room's stream keeps, plus the one that straddles the line.
         stream_ttl: Seconds after its last message that a room's stream is deleted.
+        max_rooms: Most live rooms (with a stream or members) under `prefix`; None for no limit.
+        read_bytes: About how many bytes one process reads from Redis at once.
         connect_timeout: Seconds to wait for a connection or a reply before calling Redis unreachable.
         max_backoff: Longest wait in seconds between two reconnection attempts.
 
@@ -97,7 +111,9 @@ class RedisBroker(Broker):
         process_id: This broker's id, in its Redis keys and client names (`CLIENT LIST`).
         malformed: How many entries, presence records or keys it skipped as not ours.
         dropped: How many published messages never reached Redis (buffer full, closed with
-            Redis unreachable, or a room key holding something other than a stream).
+            Redis unreachable, refused by Redis, past `max_rooms`, or a room key holding
+            something other than a stream).
+        missed: How many messages this process found trimmed from a stream before it read them.
 
     Raises:
         TypeError: If an option has the wrong type.
@@ -111,8 +127,12 @@ class RedisBroker(Broker):
         prefix: str = "wsendpoints",
         presence_ttl: float = 15.0,
         buffer_size: int = 10_000,
+        buffer_bytes: int = 32 * 1024 * 1024,
         stream_maxlen: int = 1_000,
+        stream_bytes: int = 1024 * 1024,
         stream_ttl: float = 3_600.0,
+        max_rooms: int | None = 1_000,
+        read_bytes: int = 4 * 1024 * 1024,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
     ) -> None:
@@ -128,14 +148,25 @@ class RedisBroker(Broker):
             ("max_backoff", max_backoff),
         ]:
             check_number(optional=False)(name, seconds)
-        check_size(optional=False)("buffer_size", buffer_size)
-        check_size(optional=False)("stream_maxlen", stream_maxlen)
+        for name, size in [
+            ("buffer_size", buffer_size),
+            ("buffer_bytes", buffer_bytes),
+            ("stream_maxlen", stream_maxlen),
+            ("stream_bytes", stream_bytes),
+            ("read_bytes", read_bytes),
+        ]:
+            check_size(optional=False)(name, size)
+        check_size()("max_rooms", max_rooms)
         self.url = url
         self.prefix = prefix
         self.presence_ttl = presence_ttl
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.stream_maxlen = stream_maxlen
+        self.stream_bytes = stream_bytes
         self.stream_ttl = stream_ttl
+        self.max_rooms = max_rooms
+        self.read_bytes = read_bytes
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.process_id = uuid.uuid4().hex
@@ -160,6 +191,11 @@ class RedisBroker(Broker):
         """How many published messages never reached Redis."""
         return self._shared.dropped
 
+    @property
+    def missed(self) -> int:
+        """How many messages this process's reader found trimmed from a stream before it read them."""
+        return self._shared.missed
+
     # -- the Broker interface --------------------------------------------------------------
 
     async def publish(self, room: str, message: Message) -> None:
@@ -170,27 +206,38 @@ class RedisBroker(Broker):
         Raises:
             BrokerClosedError: If the broker was closed.
             BrokerUnavailableError: If this is the first use and Redis cannot be reached.
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
+            BrokerError: If Redis refused the message (e.g. out of memory), or the broker stopped.
             UnicodeEncodeError: If the payload holds a lone surrogate, which no text frame can carry.
         """
         link, _ = await self._ready()
         self._seq += 1
-        data = encode_entry(message.payload, message.sender, self.process_id, self._seq, message.to, message.close)
-        await link.writer.publish(self._shared.keys.room(room), data)
+        meta, payload = encode_entry(
+            message.payload, message.sender, self.process_id, self._seq, message.to, message.close
+        )
+        await link.writer.publish(self._shared.keys.room(room), meta, payload)
 
     @asynccontextmanager
-    async def subscribe(self, room: str, deliver: Deliver) -> AsyncIterator[None]:
+    async def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AsyncIterator[None]:
         """Call `deliver` with each message appended to `room`'s stream from now until the context exits.
+
+        While `paused()` returns True (it is asked before each read of the room, and every 50 ms
+        while it holds), the room's new messages stay in Redis: the stream holds the backlog. If
+        the backlog outgrows the stream (`stream_bytes`, `stream_maxlen`), what was trimmed
+        before it was read is counted in `missed`, with a WARNING.
 
         Raises:
             BrokerClosedError: If the broker was closed.
             BrokerUnavailableError: If Redis cannot be reached to find where the room's stream stands.
         """
         link, clients = await self._ready()
-        await link.reader.add(clients, room, deliver)
+        await link.reader.add(clients, room, deliver, paused)
         try:
             yield
         finally:
-            await link.reader.remove(None if self._closed else clients, room, deliver)
+            await link.reader.remove(self._still_connected(link), room, deliver, paused)
 
     async def join(self, room: str, member: str, user: str) -> int:
         """Add `member` named `user` to `room`'s presence, shared by every process.
@@ -198,6 +245,7 @@ class RedisBroker(Broker):
         Raises:
             BrokerClosedError: If the broker was closed.
             BrokerUnavailableError: If Redis cannot be reached.
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
         return (await self.enter(room, member, user)).count
@@ -223,6 +271,7 @@ class RedisBroker(Broker):
         Raises:
             BrokerClosedError: If the broker was closed.
             BrokerUnavailableError: If Redis cannot be reached.
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
             UnicodeEncodeError: If a notice holds a lone surrogate.
         """
@@ -240,11 +289,11 @@ class RedisBroker(Broker):
                 max_members=max_members,
             )
         except BrokerError:
-            await self.leave(room, member)
+            link.presence.forget(room, member)  # no round trip more on a failing path: the heartbeat sends it
             raise
 
-    def _notice_entry(self, notice: Message) -> bytes:
-        """Return the stream entry of a presence notice: `seq` 0, as it is never sent again."""
+    def _notice_entry(self, notice: Message) -> tuple[bytes, bytes]:
+        """Return the stream entry (`meta`, `payload`) of a presence notice: `seq` 0, as it is never sent again."""
         return encode_entry(notice.payload, notice.sender, self.process_id, 0)
 
     async def depart(self, room: str, member: str) -> bool:
@@ -256,7 +305,7 @@ class RedisBroker(Broker):
         link = self._link
         if link is None:  # never connected: no member is known
             return False
-        return await link.presence.leave(None if self._closed else link.clients, room, member)
+        return await link.presence.leave(self._still_connected(link), room, member)
 
     async def publish_to(self, room: str, user: str, message: Message) -> int | None:
         """Append `message`, addressed to `user`, to `room`'s stream; return None.
@@ -300,6 +349,10 @@ class RedisBroker(Broker):
         link.supervisor.cancel()
         await asyncio.wait([link.supervisor])
 
+    def _still_connected(self, link: _Link) -> Clients | None:
+        """Return the link's clients, or None once they are closed or closing."""
+        return None if self._closed or link.failure is not None else link.clients
+
     def rooms(self) -> list[str]:
         """Return the rooms this process reads (those with a subscriber here), sorted."""
         return [] if self._link is None else sorted(self._link.reader.rooms)
@@ -319,17 +372,29 @@ class RedisBroker(Broker):
             if link is not None and not link.loop.is_closed():
                 raise RuntimeError("RedisBroker serves one event loop at a time, and the one it serves is still open")
             link = self._link = self._new_link(loop)
-        async with link.lock:
-            if link.clients is None:
-                link.clients = await self._connect(link)
+        if link.failure is not None:
+            raise BrokerError(f"RedisBroker stopped after an internal error: {link.failure!r}")
+        if link.clients is not None:
             return link, link.clients
+        if link.connecting is None:
+            link.connecting = loop.create_task(self._connect(link))
+        return link, await asyncio.shield(link.connecting)
 
     def _new_link(self, loop: asyncio.AbstractEventLoop) -> _Link:
+        max_rooms = self.max_rooms or 0
         writer = Writer(
-            self._shared, buffer_size=self.buffer_size, stream_maxlen=self.stream_maxlen, stream_ttl=self.stream_ttl
+            self._shared,
+            buffer_size=self.buffer_size,
+            buffer_bytes=self.buffer_bytes,
+            stream_maxlen=self.stream_maxlen,
+            stream_bytes=self.stream_bytes,
+            stream_ttl=self.stream_ttl,
+            max_rooms=max_rooms,
         )
-        presence = Presence(self._shared, stream_maxlen=self.stream_maxlen, stream_ttl_ms=writer.stream_ttl_ms)
-        return _Link(loop, writer, Reader(self._shared, writer), presence)
+        presence = Presence(
+            self._shared, max_rooms, stream_maxlen=self.stream_maxlen, stream_ttl_ms=writer.stream_ttl_ms
+        )
+        return _Link(loop, writer, Reader(self._shared, writer, self.read_bytes), presence)
 
     def _client(self, role: str, socket_timeout: float) -> Redis:
         return Redis.from_url(
@@ -343,19 +408,28 @@ class RedisBroker(Broker):
         )
 
     async def _connect(self, link: _Link) -> Clients:
+        """Connect, register this process and start the parts, all within `connect_timeout`.
+
+        Every first use waits for this one task; a failed attempt is forgotten, so the next use tries again.
+        """
         commands = self._client("commands", self.connect_timeout)
         reader = self._client("reader", BLOCK_MS / 1000 + self.connect_timeout)
-        clients = Clients(commands, reader, commands.register_script(APPEND))
+        clients = Clients(commands, reader, commands.register_script(APPEND), commands.register_script(RESERVE))
         try:
-            await commands.ping()
-            await link.presence.register(commands)
-            await commands.set(self._shared.keys.writer, b"1", px=self._shared.ttl_ms)
+            await asyncio.wait_for(self._hello(link, commands), self.connect_timeout)
         except FAILED as exc:
+            link.connecting = None
             await clients.aclose()
             raise BrokerUnavailableError(f"cannot reach Redis at {self._shared.safe_url}: {exc}") from exc
+        link.clients = clients
         link.supervisor = link.loop.create_task(self._supervise(link, clients))
         await asyncio.sleep(0)  # let it start: a task cancelled before it starts would not clean up
         return clients
+
+    async def _hello(self, link: _Link, commands: Redis) -> None:
+        await commands.ping()
+        await link.presence.register(commands)
+        await commands.set(self._shared.keys.writer, b"1", px=self._shared.ttl_ms)
 
     async def _supervise(self, link: _Link, clients: Clients) -> None:
         """Run the reader, writer and heartbeat until cancelled; then say goodbye and disconnect."""
@@ -364,18 +438,23 @@ class RedisBroker(Broker):
             link.loop.create_task(link.writer.run(clients)),
             link.loop.create_task(self._beat_forever(link, clients)),
         ]
+        error: BrokerError | None = None
         try:
             await asyncio.gather(*tasks)
+        except Exception as exc:  # a bug in a part: said once, loudly, and raised by every later use
+            logger.exception("RedisBroker stopped after an internal error")
+            link.failure = exc
+            error = BrokerError(f"RedisBroker stopped after an internal error: {exc!r}")
         finally:
-            while not all(task.done() for task in tasks):
-                for task in tasks:  # again and again: Python < 3.12's wait_for, in redis-py, can swallow one
-                    task.cancel()
-                await asyncio.wait(tasks, timeout=0.1)
             try:
+                while not all(task.done() for task in tasks):
+                    for task in tasks:  # again and again: Python < 3.12's wait_for, in redis-py, can swallow one
+                        task.cancel()
+                    await asyncio.wait(tasks, timeout=0.1)
                 with contextlib.suppress(*FAILED):  # Redis unreachable or slow: what is left is counted dropped
                     await asyncio.wait_for(self._goodbye(link, clients), _GOODBYE_SECONDS)
             finally:  # even if the loop, shutting down, cancels this task once more
-                link.writer.abandon()
+                link.writer.abandon(error)
                 await clients.aclose()
 
     async def _goodbye(self, link: _Link, clients: Clients) -> None:

@@ -76,6 +76,8 @@ class Clients:
     """The one connection that reads the rooms' streams."""
     append: AsyncScript
     """The writer's script (see `writer`), registered on `commands`."""
+    reserve: AsyncScript
+    """The script that counts a room among the `max_rooms` (see `writer`), registered on `commands`."""
 
     async def aclose(self) -> None:
         await self.commands.aclose()
@@ -95,6 +97,7 @@ class Shared:
     max_backoff: float
     malformed: int = 0
     dropped: int = 0
+    missed: int = 0
 
     def skip_malformed(self, what: str, key: bytes, value: object) -> None:
         """Count and log something on our keys that we did not write."""

@@ -7,6 +7,8 @@ Where `{p}` is the `prefix` and `{room}` the room name percent-encoded (so that 
 - `{p}:members:{room}`: the room's presence hash (see `presence`);
 - `{p}:names:{room}`: how many members each user name has in the room (see `scripts`);
 - `{p}:process:{id}`: a process's heartbeat;
+- `{p}:rooms`: a sorted set of the rooms' stream keys, each scored with when it expires, which
+  `max_rooms` counts (see `writer`);
 - `{p}:writer:{id}`: the writer's mark, whose loss tells that Redis lost this process's data;
 - `{p}:wake:{id}`: a one-entry stream the process appends to so that its reader sends its
   blocking XREAD again with the rooms as they are now.
@@ -37,6 +39,7 @@ class Keys:
         """The beginning of every process's heartbeat key, which the presence scripts end with its id."""
         self.writer = self._key("writer", process_id)
         self.wake = self._key("wake", process_id)
+        self.rooms = f"{prefix}:rooms".encode("utf-8", "surrogatepass")
 
     def _key(self, kind: str, name: str) -> bytes:
         return f"{self.prefix}:{kind}:{name}".encode("utf-8", "surrogatepass")

@@ -21,9 +21,11 @@ import socket
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from ... import _json
+from ...exceptions import TooManyRoomsError
 from ..base import Entry
 from .connection import FAILED, Clients, Shared, reaching_redis
 from .scripts import DEPART, ENTER, PRUNE, RESTORE
@@ -37,12 +39,16 @@ class Presence:
 
     Args:
         shared: The broker's settings and counters.
+        max_rooms: Most rooms with a stream or members at once, per prefix; 0 for no limit.
         stream_maxlen: About how many messages each room's stream keeps (for the notices).
         stream_ttl_ms: Milliseconds after its last message that a room's stream is deleted.
     """
 
-    def __init__(self, shared: Shared, *, stream_maxlen: int = 1_000, stream_ttl_ms: int = 3_600_000) -> None:
+    def __init__(
+        self, shared: Shared, max_rooms: int = 0, *, stream_maxlen: int = 1_000, stream_ttl_ms: int = 3_600_000
+    ) -> None:
         self.shared = shared
+        self.max_rooms = max_rooms
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_ms = stream_ttl_ms
         self.beat_value = _json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
@@ -60,7 +66,11 @@ class Presence:
 
     def _keys(self, room: str) -> list[bytes]:
         keys = self.shared.keys
-        return [keys.members(room), keys.names(room), keys.room(room)]
+        return [keys.members(room), keys.names(room), keys.room(room), keys.rooms]
+
+    def _notice_args(self) -> list[Any]:
+        """What every script takes first: where heartbeats are, and how to append a notice."""
+        return [self.shared.keys.heartbeats, self.stream_maxlen, self.stream_ttl_ms, self.max_rooms]
 
     async def enter(
         self,
@@ -69,24 +79,28 @@ class Presence:
         member: str,
         user: str,
         *,
-        greeting: bytes | None = None,
-        farewell: bytes | None = None,
+        greeting: tuple[bytes, bytes] | None = None,
+        farewell: tuple[bytes, bytes] | None = None,
         unique: bool = False,
         max_members: int | None = None,
     ) -> Entry:
         """Add `member` named `user` to `room`, appending `greeting` if the name is new there (see `ENTER`).
 
+        `greeting` and `farewell` are stream entries, `(meta, payload)`.
+
         Raises:
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerUnavailableError: If Redis cannot be reached.
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
         shared = self.shared
         entry = encode_presence(user, shared.process_id, farewell)
-        args: list[Any] = [shared.keys.heartbeats, self.stream_maxlen, self.stream_ttl_ms, shared.ttl_ms]
-        args += [member, entry, user, "1" if unique else "", "" if max_members is None else max_members]
-        args.append(greeting or b"")
+        args = [*self._notice_args(), shared.ttl_ms, member, entry, user, "1" if unique else ""]
+        args += ["" if max_members is None else max_members, *(greeting or (b"", b""))]
         try:
             with reaching_redis(shared.safe_url):
+                if self.max_rooms and not await self._reserve(clients, room):
+                    raise TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})")
                 previous = await clients.commands.set(
                     shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms, get=True
                 )
@@ -110,22 +124,29 @@ class Presence:
             Whether it was its name's last member (its farewell was appended); False if Redis
             could not be reached (the leave is sent again with the next heartbeat).
         """
+        if not self._drop(room, member) or clients is None:
+            return False
+        try:
+            last = await self._script(clients, DEPART)(keys=self._keys(room), args=[*self._notice_args(), member])
+        except FAILED:
+            self.pending_leaves.add((room, member))
+            return False
+        return bool(last)
+
+    def forget(self, room: str, member: str) -> None:
+        """Remove `member` from `room` here at once, and from Redis with the next heartbeat."""
+        self._drop(room, member)
+        self.pending_leaves.add((room, member))
+
+    def _drop(self, room: str, member: str) -> bool:
+        """Remove `member` from this process's rooms; return whether it was there."""
         present = self.local.get(room, {})
         if member not in present:
             return False
         del present[member]
         if not present:
             del self.local[room]
-        if clients is None:
-            return False
-        try:
-            last = await self._script(clients, DEPART)(
-                keys=self._keys(room), args=[member, self.stream_maxlen, self.stream_ttl_ms]
-            )
-        except FAILED:
-            self.pending_leaves.add((room, member))
-            return False
-        return bool(last)
+        return True
 
     async def members(self, clients: Clients, room: str) -> list[str]:
         """Return the user names present in `room` in every live process, sorted, each once.
@@ -135,12 +156,9 @@ class Presence:
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
         with reaching_redis(self.shared.safe_url):
-            names, malformed = await self._script(clients, PRUNE)(keys=self._keys(room), args=self._prune_args())
+            names, malformed = await self._script(clients, PRUNE)(keys=self._keys(room), args=self._notice_args())
         self._skip_malformed(room, malformed)
         return sorted(map(text, names))
-
-    def _prune_args(self) -> list[Any]:
-        return [self.shared.keys.heartbeats, self.stream_maxlen, self.stream_ttl_ms]
 
     def _skip_malformed(self, room: str, malformed: list[bytes]) -> None:
         for value in malformed:
@@ -158,15 +176,21 @@ class Presence:
             for room_name in rooms:
                 pipe.pexpire(shared.keys.members(room_name), shared.ttl_ms)
                 pipe.pexpire(shared.keys.names(room_name), shared.ttl_ms)
-                await prune(keys=self._keys(room_name), args=self._prune_args(), client=pipe)
+                await prune(keys=self._keys(room_name), args=self._notice_args(), client=pipe)
             for room_name, member in leaves:
-                await depart(
-                    keys=self._keys(room_name), args=[member, self.stream_maxlen, self.stream_ttl_ms], client=pipe
-                )
+                await depart(keys=self._keys(room_name), args=[*self._notice_args(), member], client=pipe)
+            if self.max_rooms:
+                for room_name in rooms:
+                    await self._reserve(clients, room_name, pipe)
             results = await pipe.execute(raise_on_error=False)
         self.pending_leaves.difference_update(leaves)
         if results[0] is None:  # expired (we hung), or Redis lost its data
             await self.register(clients.commands)
+
+    async def _reserve(self, clients: Clients, room: str, pipe: Pipeline | None = None) -> bool:
+        """Count `room` among the live rooms for `presence_ttl` more; False if it is new and past `max_rooms`."""
+        keys = [self.shared.keys.rooms, self.shared.keys.room(room)]
+        return bool(await clients.reserve(keys=keys, args=[self.max_rooms, self.shared.ttl_ms], client=pipe))
 
     async def register(self, commands: Redis) -> None:
         """Write the heartbeat and every member of this process (those Redis lost)."""
@@ -190,7 +214,5 @@ class Presence:
             pipe.delete(keys.heartbeat, keys.writer, keys.wake)
             for room, present in self.local.items():
                 for member in present:
-                    await depart(
-                        keys=self._keys(room), args=[member, self.stream_maxlen, self.stream_ttl_ms], client=pipe
-                    )
+                    await depart(keys=self._keys(room), args=[*self._notice_args(), member], client=pipe)
             await pipe.execute()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from redis.exceptions import ResponseError
 from ...exceptions import BrokerUnavailableError
 from ..base import Deliver, Message
 from .connection import FAILED, LOST, Backoff, Clients, Shared, logger
-from .wire import StreamId, id_text, parse_entry, parse_id, text
+from .wire import StreamId, id_text, number, parse_entry, parse_id, text
 from .writer import Writer
 
 __all__ = ["BLOCK_MS", "Reader"]
@@ -31,6 +32,12 @@ BLOCK_MS = 10_000
 
 _READ_COUNT = 500
 """Most entries one XREAD takes from each stream."""
+
+_PAUSED_BLOCK_MS = 50
+"""While a room is paused, how long one XREAD waits before the reader asks `paused()` again."""
+
+_FIRST_ENTRY_GUESS = 64 * 1024 + 512
+"""The entry size the reader plans for until it has seen a larger one: a 64 KiB message and its `meta`."""
 
 _ORIGINS = 1024
 """Per room, how many publishing processes a reader remembers the last `seq` of."""
@@ -46,6 +53,10 @@ class _Room:
     key: bytes
     position: StreamId
     delivers: list[Deliver] = field(default_factory=list)
+    count: int | None = None
+    """The number (`n`) of the last entry read, to notice entries trimmed before they were read."""
+    pauses: list[Callable[[], bool]] = field(default_factory=list)
+    """The `paused` checks of its subscribers: while one says True, the room is not read."""
     seen: dict[str, int] = field(default_factory=dict)
     """Per publishing process (`origin`), the highest `seq` delivered: what is sent again is dropped."""
     broken: bool = False
@@ -60,47 +71,57 @@ class Reader:
         writer: Told when Redis is lost and when it is found with our data, for its replay.
     """
 
-    def __init__(self, shared: Shared, writer: Writer) -> None:
+    def __init__(self, shared: Shared, writer: Writer, read_bytes: int) -> None:
         self.shared = shared
         self.writer = writer
+        self.read_bytes = read_bytes
         self.rooms: dict[str, _Room] = {}
-        self.opening = asyncio.Lock()
         self.wake_id = "0-0"
+        self.largest = _FIRST_ENTRY_GUESS
+        """The largest entry seen, in bytes, which sets how many entries one XREAD asks for."""
 
-    async def add(self, clients: Clients, room: str, deliver: Deliver) -> None:
-        """Call `deliver` with each entry appended to `room`'s stream from now on.
+    async def add(self, clients: Clients, room: str, deliver: Deliver, paused: Callable[[], bool] | None) -> None:
+        """Call `deliver` with each entry appended to `room`'s stream from now on; hold back while `paused()`.
+
+        No lock is held across the round trip: subscribers of other rooms, or of this one, go on
+        at the same time, and the first to hear from Redis starts the room.
 
         Raises:
             BrokerUnavailableError: If Redis cannot be reached to find where the room's stream stands.
         """
-        async with self.opening:
-            state = self.rooms.get(room)
+        state = self.rooms.get(room)
+        if state is None:
+            position, count = await self._last_entry(clients, room)
+            state = self.rooms.get(room)  # another subscriber may have started it meanwhile
             if state is None:
-                state = await self._open(clients, room)
-            state.delivers.append(deliver)
+                state = self.rooms[room] = _Room(room, self.shared.keys.room(room), position, count=count)
+                await self.wake(clients)
+        state.delivers.append(deliver)
+        if paused is not None:
+            state.pauses.append(paused)
 
-    async def remove(self, clients: Clients | None, room: str, deliver: Deliver) -> None:
+    async def remove(
+        self, clients: Clients | None, room: str, deliver: Deliver, paused: Callable[[], bool] | None
+    ) -> None:
         """Stop calling `deliver`; stop reading `room` after its last subscriber (waking the reader if `clients`)."""
         state = self.rooms[room]
         state.delivers.remove(deliver)
+        if paused is not None:
+            state.pauses.remove(paused)
         if not state.delivers:
             del self.rooms[room]
             if clients is not None:
                 await self.wake(clients)
 
-    async def _open(self, clients: Clients, room: str) -> _Room:
-        """Start reading `room` from the last entry of its stream."""
-        key = self.shared.keys.room(room)
+    async def _last_entry(self, clients: Clients, room: str) -> tuple[StreamId, int | None]:
+        """Return the id and number of the last entry of `room`'s stream: where reading it starts."""
         try:
-            last: list[Any] = await clients.commands.xrevrange(key, count=1)  # type: ignore[assignment]
+            last: list[Any] = await clients.commands.xrevrange(self.shared.keys.room(room), count=1)  # type: ignore[assignment]
         except ResponseError:  # not a stream: the reader skips it, with a WARNING, until it is one
             last = []
         except LOST as exc:
             raise BrokerUnavailableError(f"cannot reach Redis at {self.shared.safe_url}: {exc}") from exc
-        state = _Room(room, key, parse_id(last[0][0]) if last else (0, 0))
-        self.rooms[room] = state
-        await self.wake(clients)
-        return state
+        return (parse_id(last[0][0]), number(last[0][1])) if last else ((0, 0), 0)
 
     async def wake(self, clients: Clients) -> None:
         """Make the reader send its XREAD again, with the rooms as they are now."""
@@ -122,11 +143,12 @@ class Reader:
                     backoff.reset()
                     if lost:
                         logger.warning("RedisBroker reads from Redis at %s again", self.shared.safe_url)
-                reading = {room.key: room for room in self.rooms.values() if not room.broken}
+                reading, paused = self._reading()
                 streams = {self.shared.keys.wake: self.wake_id} | {
                     key: id_text(room.position) for key, room in reading.items()
                 }
-                reply = await clients.reader.xread(streams, count=_READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+                block = _PAUSED_BLOCK_MS if paused else BLOCK_MS
+                reply = await clients.reader.xread(streams, count=self._count(len(reading)), block=block)  # type: ignore[arg-type]
             except ResponseError as exc:
                 await self._find_broken(clients, exc)
                 await asyncio.sleep(backoff.next())
@@ -140,6 +162,23 @@ class Reader:
                 await asyncio.sleep(backoff.next())
                 continue
             self._dispatch(reading, reply)
+
+    def _reading(self) -> tuple[dict[bytes, _Room], bool]:
+        """Return the rooms to read now, by key, and whether any was left out as paused."""
+        reading: dict[bytes, _Room] = {}
+        paused = False
+        for room in self.rooms.values():
+            if room.broken:
+                continue
+            if any(check() for check in room.pauses):
+                paused = True
+            else:
+                reading[room.key] = room
+        return reading, paused
+
+    def _count(self, rooms: int) -> int:
+        """Return how many entries one XREAD may take per stream: `read_bytes` in all, for entries as large as seen."""
+        return max(1, min(_READ_COUNT, self.read_bytes // (self.largest * max(1, rooms))))
 
     async def _reconnect(self, clients: Clients) -> None:
         await clients.reader.ping()
@@ -199,6 +238,21 @@ class Reader:
         if repaired:
             await self.wake(clients)
 
+    def _count_missed(self, room: _Room, count: int | None) -> None:
+        """Count the entries trimmed between the last one read and this one, numbered `count`."""
+        if count is None:  # not ours
+            return
+        last, room.count = room.count, count
+        missed = 0 if last is None else count - last - 1  # negative when the stream was made anew
+        if missed > 0:
+            self.shared.missed += missed
+            logger.warning(
+                "RedisBroker fell behind room %r by more than its stream keeps: %d messages missed "
+                "(raise stream_bytes or stream_maxlen, or read faster)",
+                room.name,
+                missed,
+            )
+
     def _dispatch(self, reading: dict[bytes, _Room], reply: Any) -> None:
         for key, entries in reply:
             if key == self.shared.keys.wake:
@@ -207,6 +261,8 @@ class Reader:
             room = reading[key]  # if it was left meanwhile, it has no subscribers
             for raw_id, fields in entries:
                 room.position = parse_id(raw_id)
+                self._count_missed(room, number(fields))
+                self.largest = max(self.largest, sum(len(value) for value in fields.values()))
                 parsed = parse_entry(fields)
                 if parsed is None:
                     self.shared.skip_malformed("stream entry", key, fields)

@@ -1,11 +1,17 @@
 """What a `RedisBroker` writes into Redis and reads back: bytes in, bytes out, no I/O.
 
-- A stream entry is one field, `data`, holding JSON:
-  `{"payload": str, "sender": str | null, "origin": process id, "seq": int}`, and for a
-  message to one user `"to": str`, for a kick also `"close": int`. A presence notice, which a
-  script appends (see `scripts`), has `seq` 0: it is never sent again, so never dropped as such.
-- A presence entry is JSON `{"user": str, "process": process id}`, and `"farewell": str`, the
-  stream entry its name's last member leaves behind, if it has one.
+- A stream entry has two fields: `payload`, the message's own UTF-8 bytes (nothing escaped, so
+  an entry is never larger than its message plus the `meta` field), and `meta`, JSON
+  `{"origin": process id, "seq": int, "sender": str | null}` (about 80 bytes plus the sender),
+  and for a message to one user `"to": str`, for a kick also `"close": int`. A presence
+  notice, which a script appends (see `scripts`), has `seq` 0: it is never sent again, so it is
+  never dropped as sent again.
+- The writer's script adds `n`, the entry's number in its stream, and `at`, the stream's bytes
+  up to and including it (see `writer`): decimal text, 20 bytes or so. A reader that finds `n`
+  jump by more than one knows how many entries were trimmed before it read them.
+- A presence entry is JSON `{"user": str, "process": process id}`, and
+  `"farewell": {"meta": str, "payload": str}`, the stream entry its name's last member leaves
+  behind, if it has one.
 
 Anything on our keys that does not parse as what we write decodes to None: the caller skips it
 and counts it as malformed. Presence entries are read in Lua, by the scripts in `scripts`.
@@ -38,6 +44,14 @@ def parse_id(raw: bytes) -> StreamId:
     return int(milliseconds), int(sequence)
 
 
+def number(fields: dict[bytes, bytes]) -> int | None:
+    """Return an entry's number in its stream (`n`), or None if it has none."""
+    try:
+        return int(fields[b"n"])
+    except (KeyError, ValueError):
+        return None
+
+
 def id_text(position: StreamId) -> str:
     """Return `position` as Redis takes it in XREAD and XRANGE."""
     return f"{position[0]}-{position[1]}"
@@ -50,18 +64,18 @@ def text(value: Any) -> str:
 
 def encode_entry(
     payload: str, sender: str | None, origin: str, seq: int, to: str | None = None, close: int | None = None
-) -> bytes:
-    """Return the `data` field of a stream entry.
+) -> tuple[bytes, bytes]:
+    """Return a stream entry's two fields, `meta` and `payload`.
 
     Raises:
-        UnicodeEncodeError: If the payload holds a lone surrogate, which no text frame can carry.
+        UnicodeEncodeError: If the payload or sender holds a lone surrogate, which no text frame can carry.
     """
-    data: dict[str, object] = {"payload": payload, "sender": sender, "origin": origin, "seq": seq}
+    fields: dict[str, object] = {"origin": origin, "seq": seq, "sender": sender}
     if to is not None:
-        data["to"] = to
+        fields["to"] = to
         if close is not None:
-            data["close"] = close
-    return _json.dumps(data).encode()
+            fields["close"] = close
+    return _json.dumps(fields).encode(), payload.encode()
 
 
 Entry = tuple[str, "str | None", str, int, "str | None", "int | None"]
@@ -71,21 +85,23 @@ Entry = tuple[str, "str | None", str, int, "str | None", "int | None"]
 def parse_entry(fields: dict[bytes, bytes]) -> Entry | None:
     """Return a stream entry's `(payload, sender, origin, seq, to, close)`, or None if we did not write it."""
     try:
-        data = _json.loads(fields[b"data"])
-        payload, sender, origin, seq = data["payload"], data["sender"], data["origin"], data["seq"]
-        to, close = data.get("to"), data.get("close")
-    except (KeyError, TypeError, ValueError):
+        payload = fields[b"payload"].decode()
+        meta = _json.loads(fields[b"meta"])
+        sender, origin, seq = meta["sender"], meta["origin"], meta["seq"]
+        to, close = meta.get("to"), meta.get("close")
+    except (KeyError, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    typed = isinstance(payload, str) and isinstance(origin, str) and type(seq) is int  # a bool is no seq
+    typed = isinstance(origin, str) and type(seq) is int  # a bool is no seq
     addressed = (to is None and close is None) or (isinstance(to, str) and (close is None or type(close) is int))
     if typed and addressed and (sender is None or isinstance(sender, str)):
         return payload, sender, origin, seq, to, close
     return None
 
 
-def encode_presence(user: str, process: str, farewell: bytes | None = None) -> bytes:
+def encode_presence(user: str, process: str, farewell: tuple[bytes, bytes] | None = None) -> bytes:
     """Return a presence entry; `farewell` is a stream entry (`encode_entry`) to append when the name leaves."""
-    data = {"user": user, "process": process}
+    data: dict[str, object] = {"user": user, "process": process}
     if farewell is not None:
-        data["farewell"] = farewell.decode()
+        meta, payload = farewell
+        data["farewell"] = {"meta": meta.decode(), "payload": payload.decode()}
     return _json.dumps(data).encode()

@@ -2,8 +2,10 @@
 
 `publish` queues a message; one task per process appends the queue in batches of up to
 `_BATCH` messages, one round trip each (a Lua script, so a batch is one command). While Redis
-is unreachable the queue is the outage buffer: up to `buffer_size` messages, past which
-messages are dropped, counted and logged. Every batch is guarded by the writer's mark (a key
+is unreachable the queue is the outage buffer: up to `buffer_size` messages and `buffer_bytes`
+bytes, past which messages are dropped, counted and logged. A batch Redis refuses (out of
+memory) is dropped and its publishers raise `BrokerError`; a new room past `max_rooms` raises
+`TooManyRoomsError`. Every batch is guarded by the writer's mark (a key
 of this process): if Redis lost it, Redis lost its data (a restart without persistence), and
 the writer sends its last `_REPLAY_SECONDS` of confirmed messages again before going on;
 readers drop what they already had by `origin` and `seq` (see `reader`).
@@ -17,9 +19,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from ...exceptions import BrokerError, TooManyRoomsError
 from .connection import FAILED, Backoff, Clients, Shared, logger
 
-__all__ = ["APPEND", "Writer"]
+__all__ = ["APPEND", "RESERVE", "ROOMS_LUA", "Writer"]
 
 _BATCH = 500
 """Most messages appended to Redis in one round trip."""
@@ -27,27 +32,122 @@ _BATCH = 500
 _REPLAY_SECONDS = 1.0
 """After Redis lost its data, messages it confirmed this long before the loss are sent again."""
 
-APPEND = """
+ROOMS_LUA = """
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+-- May `stream` be one more room? `rooms` scores each room with when it expires. Read-only, so
+-- that the script's first write is a command Redis refuses when it is out of memory: once a
+-- script has written, Redis lets it finish.
+local function admit(rooms, stream, max_rooms, now)
+  if max_rooms == 0 then
+    return true
+  end
+  local expires = redis.call('ZSCORE', rooms, stream)
+  if (expires and tonumber(expires) > now) or redis.call('EXISTS', stream) == 1 then
+    return true
+  end
+  return redis.call('ZCOUNT', rooms, '(' .. now, '+inf') < max_rooms
+end
+
+local function keep(rooms, stream, max_rooms, expires)
+  if max_rooms > 0 then
+    redis.call('ZADD', rooms, 'GT', expires, stream)
+    redis.call('ZREMRANGEBYSCORE', rooms, '-inf', now_ms())
+    local left = expires - now_ms()
+    if redis.call('PTTL', rooms) < left then
+      redis.call('PEXPIRE', rooms, math.max(left, 1))
+    end
+  end
+end
+"""
+
+APPEND = (
+    ROOMS_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+local function number(fields, name)
+  for j = 1, #fields, 2 do
+    if fields[j] == name then
+      return tonumber(fields[j + 1]) or 0
+    end
+  end
+  return 0
+end
+-- Drop the oldest entries until the stream holds at most `budget` bytes past what it held
+-- before them (`at` of an entry: the stream's bytes up to and including it). Each entry is
+-- looked at once before it goes: amortized O(1) per message.
+local function trim_bytes(stream, floor)
+  while true do
+    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 16)
+    for k, entry in ipairs(head) do
+      if number(entry[2], 'at') > floor then
+        if k > 1 then
+          redis.call('XTRIM', stream, 'MINID', entry[1])
+        end
+        return
+      end
+    end
+    redis.call('XTRIM', stream, 'MAXLEN', redis.call('XLEN', stream) - #head)
+  end
+end
+local maxlen, ttl, budget, max_rooms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
 local ids = {}
-for i = 2, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind == 'stream' or kind == 'none' then
-    ids[i - 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], '*', 'data', ARGV[i + 1])
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+for i = 3, #KEYS do
+  local stream, meta, payload = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
+  local kind = redis.call('TYPE', stream)['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    ids[i - 2] = 0
+  elseif not admit(KEYS[2], stream, max_rooms, now) then
+    ids[i - 2] = -1
   else
-    ids[i - 1] = 0
+    local at, count = 0, 0
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    if last then
+      at, count = number(last[2], 'at'), number(last[2], 'n')
+    end
+    at = at + #meta + #payload
+    local n, a = string.format('%.0f', count + 1), string.format('%.0f', at)
+    ids[i - 2] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+      'meta', meta, 'payload', payload, 'n', n, 'at', a)
+    if at > budget then
+      trim_bytes(stream, at - budget)
+    end
+    redis.call('PEXPIRE', stream, ttl)
+    keep(KEYS[2], stream, max_rooms, now + ttl)
   end
 end
 return ids
 """
-"""Append a batch of messages (KEYS[2:], ARGV[3:]) unless KEYS[1], the writer's mark, is gone.
+)
+"""Append a batch of messages (KEYS[3:], two ARGV each from ARGV[5]) unless KEYS[1], the writer's mark, is gone.
 
-Returns nil when the mark is gone (Redis lost its data: nothing is appended), else per message
-its entry id, or 0 when the room's key holds something other than a stream.
+Each entry also gets `n`, its number in the stream, and `at`, the stream's bytes (`meta` plus
+`payload`) up to and including it: the stream keeps the last `stream_bytes` (ARGV[3]) of
+messages plus the one that straddles the line, and a reader that finds `n` jump knows how many
+entries were trimmed before it read them. Returns nil when the mark is gone (Redis lost its
+data: nothing is appended), else per message its entry id, 0 when the room's key holds
+something other than a stream, or -1 when it would be a new room past `max_rooms` (ARGV[4], 0
+for no limit) in the sorted set KEYS[2].
 """
+
+RESERVE = (
+    ROOMS_LUA
+    + """
+local max_rooms, expires = tonumber(ARGV[1]), now_ms() + tonumber(ARGV[2])
+if not admit(KEYS[1], KEYS[2], max_rooms, now_ms()) then
+  return 0
+end
+keep(KEYS[1], KEYS[2], max_rooms, expires)
+return 1
+"""
+)
+"""Count the room KEYS[2] among the rooms KEYS[1] for ARGV[2] ms more; 0 if it is new and past `max_rooms`."""
 
 
 @dataclass(eq=False, slots=True)
@@ -55,13 +155,22 @@ class _Outgoing:
     """A message on its way to a room's stream."""
 
     key: bytes
-    data: bytes
+    meta: bytes
+    payload: bytes
     done: asyncio.Future[None] | None
     """Resolved once Redis has it (or once Redis is found unreachable); None for nobody waiting."""
 
-    def settle(self) -> None:
+    @property
+    def size(self) -> int:
+        return len(self.meta) + len(self.payload)
+
+    def settle(self, error: BrokerError | None = None) -> None:
+        """Let its publisher go on, raising `error` if given."""
         if self.done is not None and not self.done.done():
-            self.done.set_result(None)
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
         self.done = None
 
 
@@ -71,38 +180,69 @@ class Writer:
     Args:
         shared: The broker's settings and counters.
         buffer_size: Messages kept while Redis is unreachable.
+        buffer_bytes: Bytes of messages kept while Redis is unreachable.
         stream_maxlen: About how many messages each room's stream keeps.
+        stream_bytes: How many bytes of messages each room's stream keeps (plus one message).
         stream_ttl: Seconds after its last message that a room's stream is deleted.
+        max_rooms: Most rooms with a stream or members at once, per prefix; 0 for no limit.
     """
 
-    def __init__(self, shared: Shared, *, buffer_size: int, stream_maxlen: int, stream_ttl: float) -> None:
+    def __init__(
+        self,
+        shared: Shared,
+        *,
+        buffer_size: int,
+        buffer_bytes: int,
+        stream_maxlen: int,
+        stream_bytes: int,
+        stream_ttl: float,
+        max_rooms: int,
+    ) -> None:
         self.shared = shared
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.stream_maxlen = stream_maxlen
+        self.stream_bytes = stream_bytes
         self.stream_ttl_ms = max(1, int(stream_ttl * 1000))
+        self.max_rooms = max_rooms
         self.queue: deque[_Outgoing] = deque()
+        self.queued_bytes = 0
         self.queued = asyncio.Event()
-        self.recent: deque[tuple[float, _Outgoing]] = deque(maxlen=buffer_size)
+        self.recent: deque[tuple[float, _Outgoing]] = deque()
         """Messages Redis confirmed, with when: what is sent again if Redis lost its data."""
+        self.recent_bytes = 0
         self.connected = True
         self.overflow = 0
         self.lost_at: float | None = None
         """When this process lost Redis (set by the reader), until Redis is found with our data."""
 
-    async def publish(self, key: bytes, data: bytes) -> None:
-        """Queue `data` for the stream `key`; return once Redis has it, or at once while it is unreachable."""
-        if len(self.queue) >= self.buffer_size:
+    async def publish(self, key: bytes, meta: bytes, payload: bytes) -> None:
+        """Queue a message for the stream `key`; return once Redis has it, or at once while it is unreachable.
+
+        Raises:
+            TooManyRoomsError: If `key` would be a new room past `max_rooms`.
+            BrokerError: If Redis refused the message (e.g. out of memory), or the writer stopped.
+        """
+        outgoing = _Outgoing(key, meta, payload, None)
+        full = len(self.queue) >= self.buffer_size or (
+            self.queue and self.queued_bytes + outgoing.size > self.buffer_bytes
+        )
+        if full:
             self.shared.dropped += 1
             if not self.overflow:
                 logger.warning(
-                    "RedisBroker buffer full (%d messages not yet in Redis at %s): dropping messages until it has room",
-                    self.buffer_size,
+                    "RedisBroker buffer full (%d messages, %d bytes not yet in Redis at %s): "
+                    "dropping messages until it has room",
+                    len(self.queue),
+                    self.queued_bytes,
                     self.shared.safe_url,
                 )
             self.overflow += 1
             return
-        outgoing = _Outgoing(key, data, asyncio.get_running_loop().create_future() if self.connected else None)
+        if self.connected:
+            outgoing.done = asyncio.get_running_loop().create_future()
         self.queue.append(outgoing)
+        self.queued_bytes += outgoing.size
         self.queued.set()
         if outgoing.done is not None:
             await outgoing.done
@@ -125,28 +265,56 @@ class Writer:
                 continue
             try:
                 await self.write_batch(clients)
+            except ResponseError as exc:
+                if isinstance(exc, ReadOnlyError):  # a replica, during a failover: wait for the new primary
+                    await self._unreachable(exc, backoff)
+                else:  # reachable, but refuses (out of memory, ...): its publishers hear of it
+                    self._refuse(exc)
+                continue
             except FAILED as exc:
-                if self.connected:
-                    self.connected = False
-                    logger.warning(
-                        "RedisBroker could not append to Redis at %s (%s): buffering up to %d messages",
-                        self.shared.safe_url,
-                        exc,
-                        self.buffer_size,
-                    )
-                for outgoing in self.queue:
-                    outgoing.settle()
-                await asyncio.sleep(backoff.next())
+                await self._unreachable(exc, backoff)
                 continue
             backoff.reset()
+
+    async def _unreachable(self, exc: Exception, backoff: Backoff) -> None:
+        if self.connected:
+            self.connected = False
+            logger.warning(
+                "RedisBroker could not append to Redis at %s (%s): buffering up to %d messages, %d bytes",
+                self.shared.safe_url,
+                exc,
+                self.buffer_size,
+                self.buffer_bytes,
+            )
+        for outgoing in self.queue:
+            outgoing.settle()
+        await asyncio.sleep(backoff.next())
+
+    def _refuse(self, exc: ResponseError) -> None:
+        """Redis refused the first batch of the queue: drop it, raising `BrokerError` in its publishers."""
+        batch = [self._pop() for _ in range(min(_BATCH, len(self.queue)))]
+        self.shared.dropped += len(batch)
+        logger.warning("Redis at %s refused %d messages (%s): dropped", self.shared.safe_url, len(batch), exc)
+        error = BrokerError(f"Redis at {self.shared.safe_url} refused: {exc}")
+        for outgoing in batch:
+            outgoing.settle(error)
+
+    def _pop(self) -> _Outgoing:
+        outgoing = self.queue.popleft()
+        self.queued_bytes -= outgoing.size
+        return outgoing
 
     async def flush(self, clients: Clients) -> None:
         """Append everything queued."""
         while self.queue:
             await self.write_batch(clients)
 
-    def abandon(self) -> None:
-        """Drop what is still queued (the broker is closing), counting it and releasing its publishers."""
+    def abandon(self, error: BrokerError | None) -> None:
+        """Drop what is still queued (the broker is closing), counting it and releasing its publishers.
+
+        Args:
+            error: What the publishers still waiting raise; None to let them return.
+        """
         if self.queue:
             self.shared.dropped += len(self.queue)
             logger.warning(
@@ -154,38 +322,58 @@ class Writer:
                 len(self.queue),
                 self.shared.safe_url,
             )
-        for outgoing in self.queue:
-            outgoing.settle()
+        while self.queue:
+            self._pop().settle(error)
 
     async def write_batch(self, clients: Clients) -> None:
         """Append the first messages of the queue to their streams, or prepare to after Redis lost its data."""
         batch = list(itertools.islice(self.queue, _BATCH))
         ids = await clients.append(
-            keys=[self.shared.keys.writer, *(outgoing.key for outgoing in batch)],
-            args=[self.stream_maxlen, self.stream_ttl_ms, *(outgoing.data for outgoing in batch)],
+            keys=[self.shared.keys.writer, self.shared.keys.rooms, *(outgoing.key for outgoing in batch)],
+            args=[
+                self.stream_maxlen,
+                self.stream_ttl_ms,
+                self.stream_bytes,
+                self.max_rooms,
+                *itertools.chain.from_iterable((outgoing.meta, outgoing.payload) for outgoing in batch),
+            ],
         )
         if ids is None:
             await self._restore(clients)
             return
         now = time.monotonic()
         for outgoing, entry_id in zip(batch, ids, strict=True):
-            self.queue.popleft()
+            self._pop()
             if entry_id == 0:
                 self.shared.dropped += 1
                 self.shared.skip_malformed(
-                    "key where a room's stream belongs (message dropped)", outgoing.key, outgoing.data
+                    "key where a room's stream belongs (message dropped)", outgoing.key, outgoing.payload
                 )
+            elif entry_id == -1:
+                self.shared.dropped += 1  # its publisher raises: whoever handles that logs it, once
+                outgoing.settle(TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})"))
             else:
-                self.recent.append((now, outgoing))
+                self._remember(now, outgoing)
             outgoing.settle()
         while self.recent and self.recent[0][0] < now - _REPLAY_SECONDS and self.lost_at is None:
-            self.recent.popleft()
+            self._forget()
         if not self.connected:
             self.connected = True
             logger.warning("RedisBroker appends to Redis at %s again", self.shared.safe_url)
         if self.overflow:
             logger.warning("RedisBroker dropped %d messages while its buffer was full", self.overflow)
             self.overflow = 0
+
+    def _remember(self, now: float, outgoing: _Outgoing) -> None:
+        """Keep `outgoing` for a replay, within the buffer's budget (oldest out first)."""
+        self.recent.append((now, outgoing))
+        self.recent_bytes += outgoing.size
+        while len(self.recent) > self.buffer_size or self.recent_bytes > self.buffer_bytes:
+            self._forget()
+
+    def _forget(self) -> None:
+        _, outgoing = self.recent.popleft()
+        self.recent_bytes -= outgoing.size
 
     async def _restore(self, clients: Clients) -> None:
         """Redis lost our writer mark, so what it confirmed just before may be lost: queue it again."""
@@ -198,5 +386,7 @@ class Writer:
         since = (time.monotonic() if self.lost_at is None else self.lost_at) - _REPLAY_SECONDS
         again = [outgoing for confirmed, outgoing in self.recent if confirmed >= since]
         self.recent.clear()
+        self.recent_bytes = 0
         self.lost_at = None
         self.queue.extendleft(reversed(again))
+        self.queued_bytes += sum(outgoing.size for outgoing in again)
