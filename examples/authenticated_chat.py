@@ -119,6 +119,7 @@ async def kick(request: Request) -> JSONResponse:
 PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>Authenticated chat</title>
+<link rel="icon" href="data:,">
 <p id="who"></p>
 <form id="login" method="post" action="/login" hidden>
   <input name="user" placeholder="alice, bob, carol or mod" autofocus> <button>Log in</button>
