@@ -271,8 +271,10 @@ def test_room_kick_closes_every_connection_of_the_user_with_one_leave_notice(cli
         assert_no_message_each([bob, alicia])
         assert run(endpoint.members, "lobby") == ["alicia", "bob"]
         assert run(endpoint.kick, "lobby", "bob", 4001, "banned for a day") == 1
+        run(endpoint.kick, "lobby", "bob", 4002, "and again")  # the first kick closes; this one changes nothing
         assert expect_close(bob) == (4001, "banned for a day")
         assert receive_text(alicia) == "bob left the chat"
+        assert_no_message(alicia)
 
 
 @pytest.mark.parametrize(

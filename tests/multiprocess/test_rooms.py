@@ -289,6 +289,7 @@ async def test_send_to_and_kick_on_one_process_reach_the_user_on_both(
         for member in (bob, alicia):
             assert "your export is ready" not in await member.receive_until("mark")
         await anyio.to_thread.run_sync(one.post, "/kick/direct/alice", "kicked by a moderator")
+        await wait_for_connections(redis_server, room.name, 2)  # each process reads the kick, closes, leaves
         with anyio.fail_after(10):
             for member in tabs:
                 await member.ws.wait_closed()

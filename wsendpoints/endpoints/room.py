@@ -200,6 +200,7 @@ class RoomEndpoint(Endpoint):
         self._entered = False
         self._sent: deque[float] | None = None
         self._kick: asyncio.Task[None] | None = None
+        self._kicked_with: tuple[int, str] | None = None
 
     @property
     def dropped(self) -> int:
@@ -469,8 +470,9 @@ class RoomEndpoint(Endpoint):
 
     def _start_kick(self, websocket: WebSocket, code: int, reason: str) -> None:
         """Close the connection with `code` and `reason` (a kick), from a task of its own loop."""
-        if self._kick is not None or self.closed_by is not None:
-            return
+        if self._kicked_with is not None or self.closed_by is not None:
+            return  # kicked twice, or closing anyway: the first close stands
+        self._kicked_with = (code, reason)
         if self._start is None:
             self._kick = asyncio.get_running_loop().create_task(self._kicked(websocket, code, reason))
         else:
