@@ -18,6 +18,7 @@ from tests.demo.serving import serve_command
 from tests.redis_server import RedisServer, free_port
 from wsendpoints.__main__ import main, parse_args
 from wsendpoints.demo import REDIS_URL_ENV
+from wsendpoints.serving import WebSocketProtocol  # imported now: the tests below stand a fake in for uvicorn
 
 
 def test_parse_args_defaults_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +58,7 @@ def test_main_without_uvicorn_says_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main([]) == 2
-    assert 'pip install "wsendpoints[demo]"' in capsys.readouterr().err
+    assert 'uvicorn 0.35+ and websockets: pip install "wsendpoints[demo]"' in capsys.readouterr().err
 
 
 class FakeUvicorn:
@@ -75,8 +76,19 @@ def test_main_runs_the_demo_factory_with_uvicorn(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "uvicorn", fake)
     monkeypatch.setenv(REDIS_URL_ENV, "")
     assert main(["--port", "9001"]) == 0
+    settings = {
+        "ws": WebSocketProtocol,
+        "ws_max_size": 1024 * 1024,  # the echo's and responder's limit; the room takes 4096 bytes
+        "limit_concurrency": 1000,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+        "timeout_graceful_shutdown": 10,
+    }
     assert fake.calls == [
-        (("wsendpoints.demo:create_app",), {"factory": True, "host": "127.0.0.1", "port": 9001, "workers": 1})
+        (
+            ("wsendpoints.demo:create_app",),
+            {"factory": True, "host": "127.0.0.1", "port": 9001, "workers": 1, **settings},
+        )
     ]
     assert REDIS_URL_ENV not in os.environ
 

@@ -3,6 +3,10 @@
 Rooms live in the process by default (`MemoryBroker`). `--redis URL` shares them through Redis
 (`RedisBroker`), which is what makes `--workers N` one set of rooms: the URL reaches each worker
 through the environment variable `WSENDPOINTS_REDIS_URL`, read by `wsendpoints.demo.create_app`.
+
+uvicorn runs with `wsendpoints.serving.uvicorn_settings()`: `WebSocketProtocol` (a peer that stops
+reading loses its socket within seconds of being closed), `ws_max_size` at the largest message the
+demo's endpoints accept, keepalive pings, `limit_concurrency` and a bounded graceful shutdown.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .demo import HOST_ENV, REDIS_URL_ENV
+from .demo import HOST_ENV, REDIS_URL_ENV, create_app
 
 __all__ = ["main", "parse_args"]
 
@@ -63,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import uvicorn
+
+        from .serving import uvicorn_settings
     except ImportError:
-        print('The demo needs uvicorn: pip install "wsendpoints[demo]"', file=sys.stderr)
+        print('The demo needs uvicorn 0.35+ and websockets: pip install "wsendpoints[demo]"', file=sys.stderr)
         return 2
     if args.redis:
         if importlib.util.find_spec("redis") is None:
@@ -74,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         os.environ.pop(REDIS_URL_ENV, None)
     os.environ[HOST_ENV] = args.host  # create_app answers only requests addressed to this host
-    uvicorn.run("wsendpoints.demo:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    # --- serving settings (wsendpoints.serving): measured on a throwaway app, since each worker builds its own.
+    settings = uvicorn_settings(create_app(redis_url=""))
+    # --- end of serving settings
+    uvicorn.run(
+        "wsendpoints.demo:create_app", factory=True, host=args.host, port=args.port, workers=args.workers, **settings
+    )
     return 0
 
 

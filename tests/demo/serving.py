@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["CHILD_ENV", "ROOT", "WAIT", "get_json", "serve_command"]
+__all__ = ["CHILD_ENV", "ROOT", "WAIT", "get_json", "serve_command", "serve_process"]
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository, where `python -m examples...` finds the examples."""
@@ -48,7 +48,16 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: IO[byte
 
 @contextmanager
 def serve_command(args: Sequence[str], port: int, ready: str = "/", env: Mapping[str, str] = {}) -> Iterator[str]:
-    """Run `python *args` in the repository until the context exits; yield its base ws:// URL.
+    """Run `python *args` in the repository until the context exits; yield its base ws:// URL (see `serve_process`)."""
+    with serve_process(args, port, ready, env) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_process(
+    args: Sequence[str], port: int, ready: str = "/", env: Mapping[str, str] = {}
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `python *args` in the repository until the context exits; yield its base ws:// URL and its process.
 
     Args:
         args: The command's arguments after `python`; it must serve on 127.0.0.1:`port`.
@@ -71,7 +80,7 @@ def serve_command(args: Sequence[str], port: int, ready: str = "/", env: Mapping
         )
         try:
             _wait_until_serving(f"http://127.0.0.1:{port}{ready}", process, log)
-            yield f"ws://127.0.0.1:{port}"
+            yield f"ws://127.0.0.1:{port}", process
         finally:
             process.terminate()
             status = process.wait(WAIT)
