@@ -13,19 +13,23 @@ import anyio
 __all__ = ["peak_rss_kib", "server_sockets", "stalled_client", "wait_for"]
 
 
-def stalled_client(port: int, path: str, rcvbuf: int = 4096, mss: int = 536) -> socket.socket:
+def stalled_client(
+    port: int, path: str, rcvbuf: int = 4096, mss: int = 536, source: str = "127.0.0.1"
+) -> socket.socket:
     """Open a WebSocket to 127.0.0.1:`port` with a tiny receive buffer; return the socket, which the test never reads.
 
     The handshake's answer is read (and anything after it in the same segment); nothing else ever is. Both
     options are set before connecting: `rcvbuf` sets the window the client offers, and a small `mss` keeps
     the server's kernel from growing its send buffer for the connection to 4 MiB, as it does on loopback
     (its 64 KiB segments), so that the server's own sends stall after some 150 KiB rather than 4 MiB.
+    `source` is the loopback address to connect from (rooms limit joins per address).
     """
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
     sock.settimeout(10)
     try:
+        sock.bind((source, 0))
         sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(

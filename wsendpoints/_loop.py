@@ -1,4 +1,23 @@
-"""Call into an event loop from any thread without blocking, on asyncio and trio alike."""
+"""Call into an event loop from any thread without blocking, on asyncio and trio alike.
+
+This module is the whole of the rooms' cross-thread support. What it buys: a room is shared by
+every event loop of the process, so `TestClient` sessions (each runs its own loop thread, with
+or without `with`), an app's own threads and `anyio.run(Chat.broadcast, ...)` all reach the same
+members. What it costs, and where:
+
+- `Member.deliver` compares the calling thread with its loop's (`LoopHandle.thread`): the same
+  thread (the usual case under uvicorn) queues at once; another thread hands the message to the
+  member's loop with `LoopHandle.call`, which keeps the order the calls were made in. So a
+  member's queue and its counters are only ever changed in one thread, with no lock.
+- `Room` changes its counters of members behind under one `threading.Lock`, only when a queue
+  crosses a mark (not per message), and wakes waiting publishers with `LoopHandle.call`.
+- Across threads, holding publishers is best effort: a message handed to another loop is
+  counted when that loop queues it, so a publisher in another thread can run ahead by what
+  is in flight; the queue bounds still hold.
+
+`LoopHandle` also carries the asyncio watchdog that times out stalled sends with one timer
+per loop instead of one per send.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -499,7 +500,10 @@ class LoopThread:
 
     @staticmethod
     async def _settle() -> None:
-        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}), return_exceptions=True)
+        # Bounded: a test that failed half-way may leave a task that would never end; cancel it.
+        rest = asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rest, 5)
 
 
 @pytest.mark.anyio

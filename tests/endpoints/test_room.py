@@ -520,7 +520,7 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
     assert connected.wait(5)
     anyio.run(endpoint.broadcast, "lobby", "m0")
     assert sending.wait(5)  # the writer is stuck sending m0
-    for n in range(1, 5):
+    for n in range(1, 5):  # m2 puts the member behind; m3 waits until it is judged slow, then overflows it
         anyio.run(endpoint.broadcast, "lobby", f"m{n}")
     thread.join(10)
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]

@@ -42,12 +42,12 @@ def make_app(room: type[RoomEndpoint]) -> Starlette:
     )
 
 
-async def get_json(base: str, path: str) -> object:
+async def get_json(base: str, path: str, within: float = 5) -> object:
     """GET `path` from the server at ws:// URL `base`, with a plain socket (no HTTP client needed)."""
     host, port = urlsplit(base).hostname, urlsplit(base).port
     assert host is not None
     assert port is not None
-    with anyio.fail_after(5):
+    with anyio.fail_after(within):
         async with await anyio.connect_tcp(host, port) as stream:
             await stream.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             response = b""

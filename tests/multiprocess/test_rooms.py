@@ -225,6 +225,23 @@ def test_app_server_says_what_went_wrong(redis_server: RedisServer) -> None:
     server.kill()
 
 
+@bounded(90)
+async def test_burst_of_2000_reaches_members_on_both_processes(servers: tuple[AppServer, AppServer]) -> None:
+    """One sender's 2,000 messages in a row reach members on both processes, all of them, in order."""
+    one, two = servers
+    async with Room("burst") as room:
+        readers = [await room.enter(server, f"r{n}") for n, server in enumerate([one, two] * 5)]
+        sender = await room.enter(one, "sender")
+        sent = [f"m{n}" for n in range(2000)]
+        for text in sent:
+            await sender.ws.send(text)
+        for reader in readers:
+            await reader.wait_for_chat("sender", count=2000)
+            assert reader.chat("sender") == [f"sender: {text}" for text in sent]
+            assert reader.ws.close_code is None
+        assert sender.ws.close_code is None
+
+
 async def connections(redis_server: RedisServer, room: str) -> int:
     """Return how many connections `room` has in Redis: nothing tells when a process has handled a close."""
     client = redis.asyncio.Redis.from_url(redis_server.url, protocol=2)

@@ -109,12 +109,13 @@ class Broker(ABC):
         """Call `deliver` with each message published to `room` until the context exits.
 
         Args:
-            room: The room.
-            deliver: Called with each message.
-            paused: A cheap, thread-safe check. A broker that reads ahead (from Redis, say)
-                calls it before reading more of `room` and, while it returns True, leaves the
-                room's backlog where it is (asking again at least every 50 ms). A broker that
-                hands messages over as they are published may ignore it.
+            room: The room, as the endpoints name it (`"{namespace}/{room}"`).
+            deliver: Called with each message; see `Deliver`.
+            paused: A cheap, thread-safe check that a broker which reads ahead (`RedisBroker`)
+                calls before reading more of `room`: while it returns True the broker leaves the
+                room's backlog where it is (in Redis) and checks again at least every 50 ms. A
+                broker that delivers as it publishes (`MemoryBroker`) may ignore it: holding
+                publishers back is then the room's job. The rooms pass it for every member.
 
         Raises:
             BrokerClosedError: If the broker was closed.

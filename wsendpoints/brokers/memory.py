@@ -64,7 +64,14 @@ class MemoryBroker(Broker):
     async def subscribe(
         self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
     ) -> AsyncIterator[None]:
-        """Call `deliver` with each message published to `room`; `paused` is ignored: nothing reads ahead."""
+        """Call `deliver` with each message published to `room` until the context exits.
+
+        `paused` is accepted and ignored: `publish` delivers at once, and the rooms hold their
+        publishers back themselves while their members are behind.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+        """
         self._check_open()
         with self._lock:
             self._subscribers[room] = (*self._subscribers.get(room, ()), deliver)

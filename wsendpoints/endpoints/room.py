@@ -12,8 +12,8 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
@@ -31,6 +31,7 @@ from ..closecodes import CloseCode
 from ..exceptions import BrokerError, TooManyRoomsError
 from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
+from ..rooms.room import Room
 from .base import MAX_REASON_BYTES, Endpoint
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class RoomOptions(TypedDict, total=False):
     keep_controls: bool
     require_auth: bool
     unique_names: bool
+    max_queue_bytes: int
+    slow_after: float
 
 
 class RoomEndpoint(Endpoint):
@@ -133,6 +136,8 @@ class RoomEndpoint(Endpoint):
     namespace: str = "rooms"
     broker: Broker = _default_broker
     max_queue: int = 1024
+    max_queue_bytes: int = 1024 * 1024
+    slow_after: float = 1.0
     slow_consumer: SlowConsumerPolicy = "close"
     send_timeout: float = 10.0
     max_members: int | None = None
@@ -157,6 +162,8 @@ class RoomEndpoint(Endpoint):
         "namespace": _check_namespace,
         "broker": _check_broker,
         "max_queue": check_size(optional=False),
+        "max_queue_bytes": check_size(optional=False),
+        "slow_after": check_number(optional=False),
         "slow_consumer": check_choice(("close", "drop_oldest", "drop_newest")),
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
@@ -194,10 +201,10 @@ class RoomEndpoint(Endpoint):
         super().__init__(scope, receive, send)
         self.member: Member | None = None
         self._key = ""
-        self._subscription: AbstractAsyncContextManager[None] | None = None
+        self._room: Room | None = None
+        self._membership = AsyncExitStack()
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
-        self._entered = False
         self._sent: deque[float] | None = None
         self._kick: asyncio.Task[None] | None = None
         self._kicked_with: tuple[int, str] | None = None
@@ -228,6 +235,9 @@ class RoomEndpoint(Endpoint):
         application's own text is trusted); in json mode a message envelope with `"user": null`.
         Nothing is published unless the call passes `_outbound()`'s checks.
 
+        While members of the room in this process are behind together, this waits until they
+        have caught up (at most `send_timeout` seconds, then it publishes anyway).
+
         Raises:
             TypeError: If `room` or `text` is not a `str`.
             ValueError: If the room name does not match `name_pattern` (after NFKC), or `text`
@@ -236,7 +246,11 @@ class RoomEndpoint(Endpoint):
         """
         room = cls._outbound(room, text)
         payload = text if cls.mode == "text" else cls._envelope("message", room, None, text)
-        await cls.broker.publish(cls._room_key(room), Message(payload))
+        key = cls._room_key(room)
+        local = Room.find(cls.broker, key)
+        if local is not None:
+            await local.hold(cls.send_timeout)
+        await cls.broker.publish(key, Message(payload))
 
     @classmethod
     def _outbound(cls, room: Any, text: Any) -> str:
@@ -426,8 +440,16 @@ class RoomEndpoint(Endpoint):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "not allowed in this room")
             return
         self.room, self.user, self._key = room, user, self._room_key(room)
+        broker = self.broker
+        local = self._room = Room.of(broker, self._key)
         member = self.member = Member(
-            f"{_process}-{next(_member_ids)}", self.max_queue, self.slow_consumer, self.send_timeout
+            f"{_process}-{next(_member_ids)}",
+            self.max_queue,
+            self.slow_consumer,
+            self.send_timeout,
+            max_queue_bytes=self.max_queue_bytes,
+            slow_after=self.slow_after,
+            room=local,
         )
         handle = LoopHandle.current()
 
@@ -435,20 +457,8 @@ class RoomEndpoint(Endpoint):
             handle.call(lambda: self._start_kick(websocket, code, reason))
 
         inbox = Inbox(user, member.deliver, kicked, self.max_queue)
-        broker = self.broker
         try:
-            subscription = broker.subscribe(self._key, inbox.deliver)
-            await subscription.__aenter__()
-            self._subscription = subscription
-            entry = await broker.enter(
-                self._key,
-                member.id,
-                user,
-                greeting=self._notice(self.join_template, "join"),
-                farewell=self._notice(self.leave_template, "leave"),
-                unique=self.unique_names,
-                max_members=self.max_members,
-            )
+            entry = await self._membership.enter_async_context(self._member_of(local, member, inbox))
         except BrokerError as exc:
             await self._broker_failed(websocket, exc)
             return
@@ -457,7 +467,6 @@ class RoomEndpoint(Endpoint):
             code = CloseCode.TRY_AGAIN_LATER if full else CloseCode.POLICY_VIOLATION
             await self._reject(websocket, code, entry.refused)
             return
-        self._entered = True
         inbox.open(entry.after)
         self._joined(member, entry)
         self._start_writer(websocket, member)
@@ -488,6 +497,31 @@ class RoomEndpoint(Endpoint):
         reason = "too many rooms" if isinstance(exc, TooManyRoomsError) else "try again later"
         logger.warning("closing %s with 1013 %r: room %r: %s", self._path(), reason, self._key, exc)
         await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
+
+    @asynccontextmanager
+    async def _member_of(self, local: Room, member: Member, inbox: Inbox) -> AsyncIterator[Entry]:
+        """Be in the room for the length of the context: subscribed through `inbox`, and in its presence.
+
+        Yields the broker's `Entry`; a refused member (`Entry.refused`) is subscribed only.
+        """
+        broker = self.broker
+        async with local.joined(broker, member, inbox.deliver):
+            entry = await broker.enter(
+                self._key,
+                member.id,
+                inbox.user,
+                greeting=self._notice(self.join_template, "join"),
+                farewell=self._notice(self.leave_template, "leave"),
+                unique=self.unique_names,
+                max_members=self.max_members,
+            )
+            if entry.refused is not None:
+                yield entry
+                return
+            try:
+                yield entry
+            finally:
+                await broker.depart(self._key, member.id)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -534,6 +568,8 @@ class RoomEndpoint(Endpoint):
         member = self.member
         assert member is not None
         if payload is not None:
+            assert self._room is not None
+            await self._room.hold(self.send_timeout)  # the receive loop stops reading while the room is behind
             try:
                 await self.broker.publish(self._key, Message(payload, sender=member.id))
             except BrokerError as exc:
@@ -557,11 +593,6 @@ class RoomEndpoint(Endpoint):
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room: drop out of presence (the broker tells the room if it was the user's last), unsubscribe."""
         try:
-            if self._subscription is not None and self.member is not None:
-                try:
-                    if self._entered:
-                        await self.broker.depart(self._key, self.member.id)
-                finally:
-                    await self._subscription.__aexit__(None, None, None)
+            await self._membership.aclose()
         except BrokerError as exc:
             logger.warning("could not tell room %r that %r left: %s", self._key, self.user, exc)

@@ -1,7 +1,8 @@
-"""The machinery of rooms: each member's outbound queue and writer."""
+"""The machinery of rooms: the per-process `Room` (flow control) and each member's queue and writer."""
 
 from __future__ import annotations
 
-from .member import Event, Member, SlowConsumerPolicy, event_for
+from .member import Event, Member, SlowConsumerPolicy
+from .room import Room
 
-__all__ = ["Event", "Member", "SlowConsumerPolicy", "event_for"]
+__all__ = ["Event", "Member", "Room", "SlowConsumerPolicy"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from functools import partial
 from threading import get_ident
 from typing import Any, Literal
 
@@ -18,113 +18,151 @@ import anyio
 
 from .._loop import LoopHandle, Waiter
 from ..brokers.base import Message
+from .room import Item, Room, make_item
 
-__all__ = ["Event", "Member", "SlowConsumerPolicy", "event_for"]
+__all__ = ["Event", "Member", "SlowConsumerPolicy"]
 
 SlowConsumerPolicy = Literal["close", "drop_oldest", "drop_newest"]
 
 Event = dict[str, Any]
 """An ASGI "websocket.send" event, ready to hand to the server."""
 
-_last: tuple[Message | None, Event] = (None, {})
-
-
-def event_for(message: Message) -> Event:
-    """Return the send event of `message`, made once for all the members a broker hands it to in a row."""
-    global _last
-    last = _last  # one read: another thread may replace the pair, never half of it
-    if last[0] is message:
-        return last[1]
-    event = {"type": "websocket.send", "text": message.payload}
-    _last = (message, event)
-    return event
-
 
 class Member:
     """A member of a room: its id, its outbound queue and its writer.
 
-    `deliver` (a broker's `Deliver`) and `push` may be called from any thread; `run` is the
-    writer and runs in the member's own event loop.
+    `deliver` (a broker's `Deliver`) may be called from any thread: from another thread it
+    hands the message to the member's own event loop, so the queue and its counters are only
+    ever changed in that loop's thread. `push`, `push_first` and `run` run in that loop.
+
+    The queue is bounded by `max_queue` messages and `max_queue_bytes` bytes of text (a single
+    message larger than `max_queue_bytes` still goes when the queue is empty). Half of either is
+    its high-water mark and a quarter its low-water mark: see `Room` for what crossing them does.
 
     Attributes:
         id: The member's id, unique across processes; messages whose `sender` it is are skipped.
         dropped: How many messages the "drop_oldest"/"drop_newest" policies dropped.
         stalled: Why the writer gave up ("slow consumer", "send timeout"), or None.
+        slow: Whether the room judged this member slow (it no longer holds publishers back).
     """
 
     __slots__ = (
+        "_bytes",
         "_handle",
+        "_high",
+        "_high_bytes",
+        "_is_behind",
+        "_look_at",
+        "_look_sent",
+        "_low",
+        "_low_bytes",
+        "_max_bytes",
         "_max_queue",
         "_policy",
         "_progress",
         "_queue",
+        "_room",
         "_scope",
         "_seen",
         "_send_timeout",
         "_sending",
         "_sent",
+        "_slow_after",
         "_waiter",
+        "behind_since",
         "dropped",
         "id",
         "overflowed",
+        "slow",
         "stalled",
     )
 
-    def __init__(self, member_id: str, max_queue: int, policy: SlowConsumerPolicy, send_timeout: float) -> None:
+    def __init__(
+        self,
+        member_id: str,
+        max_queue: int,
+        policy: SlowConsumerPolicy,
+        send_timeout: float,
+        *,
+        max_queue_bytes: int = 1024 * 1024,
+        slow_after: float = 1.0,
+        room: Room | None = None,
+    ) -> None:
         self.id = member_id
         self.dropped = 0
         self.overflowed = False
+        self.slow = False
         self.stalled: str | None = None
+        self.behind_since = 0.0
         self._max_queue = max_queue
+        self._max_bytes = max_queue_bytes
+        self._high, self._low = max_queue // 2, max_queue // 4
+        self._high_bytes, self._low_bytes = max_queue_bytes // 2, max_queue_bytes // 4
         self._policy = policy
         self._send_timeout = send_timeout
-        self._queue: deque[Event] = deque()
+        self._slow_after = slow_after
+        self._room = Room("") if room is None else room
+        self._queue: deque[Item] = deque()
+        self._bytes = 0
+        self._is_behind = False
         self._waiter: Waiter | None = None
         self._scope: anyio.CancelScope | None = None
         self._sending = False
         self._sent = 0
         self._seen = -1  # the watchdog's first look always counts as progress
         self._progress = 0.0
+        self._look_sent = -1  # the room's first look always counts as progress
+        self._look_at = 0.0
         self._handle = LoopHandle.current()
+        self._room.add(self)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """How many messages, and how many bytes of text, wait in the queue."""
+        return len(self._queue), self._bytes
 
     def deliver(self, message: Message) -> None:
         """Queue `message` unless this member sent it."""
         if message.sender != self.id:
-            last = _last  # event_for(), inlined: this runs once per member for every message
-            self._put(last[1] if last[0] is message else event_for(message))
+            item = self._room.item(message)
+            if get_ident() == self._handle.thread:
+                self._put(item)
+            else:
+                self._handle.call(partial(self._put, item))
 
     def push(self, payload: str) -> None:
         """Queue the text `payload` for sending, applying the slow-consumer policy when the queue is full."""
-        self._put({"type": "websocket.send", "text": payload})
+        self._put(make_item(payload))
 
-    def _put(self, event: Event) -> None:
+    def _put(self, item: Item) -> None:
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        size = item[1]
+        if queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
             if self._policy == "drop_newest":
                 self.dropped += 1
                 return
             if self._policy == "close":
                 if not self.overflowed:
                     self.overflowed = True
-                    self._handle.call(self._abort)
+                    self._abort()
                 return
-            with suppress(IndexError):  # the writer may have emptied the queue meanwhile, on another thread
-                queue.popleft()
-            self.dropped += 1
-        queue.append(event)
-        waiter = self._waiter
-        if waiter is not None:
-            if get_ident() == self._handle.thread:
-                self._waiter = None
-                waiter.set()
-            else:
-                self._handle.call(self._wake)
+            while queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
+                self._bytes -= queue.popleft()[1]
+                self.dropped += 1
+        queue.append(item)
+        self._bytes += size
+        if not self._is_behind and (len(queue) > self._high or self._bytes > self._high_bytes) and not self.slow:
+            self._is_behind = True
+            self._room.fell_behind(self)
+        if self._waiter is not None:
+            self._wake()
 
     def push_first(self, payload: str) -> None:
         """Queue the text `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
-        self._queue.appendleft({"type": "websocket.send", "text": payload})
-        if self._waiter is not None:
-            self._handle.call(self._wake)
+        item = make_item(payload)
+        self._queue.appendleft(item)
+        self._bytes += item[1]
+        self._wake()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -135,6 +173,20 @@ class Member:
         self._wake()
         if self._scope is not None:
             self._scope.cancel()
+
+    def is_slow(self, now: float, busy_at: float) -> bool:
+        """Whether this member, behind, holds its room up on its own.
+
+        True when one send has been waiting on the peer for a quarter of `slow_after` (it stopped
+        reading), or when it has been behind for `slow_after` seconds since the room was last busy
+        (`busy_at`, when most of the room was behind together). The room calls this, under its
+        lock, while publishers wait.
+        """
+        if self._sent != self._look_sent or not self._sending:
+            self._look_sent, self._look_at = self._sent, now
+        alone_for = now - max(self.behind_since, busy_at)
+        stuck_for = now - max(self._look_at, self.behind_since)
+        return alone_for >= self._slow_after or stuck_for >= self._slow_after / 4
 
     def check_stall(self, now: float) -> None:
         """Stop the writer if a send has made no progress for `send_timeout` seconds (the watchdog calls this)."""
@@ -155,6 +207,9 @@ class Member:
 
         On asyncio the loop's watchdog looks for stalls, so a send costs no timer; on trio each
         send moves a deadline.
+
+        The writer, not `deliver`, tells the room when the queue is back under its low-water
+        mark: that happens as the message leaves the queue, before its send is awaited.
         """
         queue = self._queue
         handle = self._handle
@@ -168,23 +223,25 @@ class Member:
             try:
                 while not self.overflowed:
                     if not queue:
-                        self._waiter = waiter = handle.waiter()
-                        # Check again: another thread may have pushed before it could see the new waiter.
-                        if not queue and not self.overflowed:  # pragma: no branch - that race is rare
-                            await waiter.wait()
-                        self._waiter = None
-                        continue
-                    self._sending = True
-                    if own_deadline:
-                        while queue and not self.overflowed:
-                            scope.deadline = clock() + timeout
-                            await send(queue.popleft())
                         scope.deadline = math.inf
-                    else:  # the watchdog sees progress in `_sent`: no clock, no timer per send
-                        while queue and not self.overflowed:
-                            await send(queue.popleft())
-                            self._sent += 1
+                        self._waiter = waiter = handle.waiter()
+                        await waiter.wait()
+                        continue
+                    event, size = queue.popleft()
+                    self._bytes -= size
+                    if self._is_behind and len(queue) <= self._low and self._bytes <= self._low_bytes:
+                        self._is_behind = self.slow = False
+                        self._room.drained(self)
+                    if own_deadline:
+                        scope.deadline = clock() + timeout
+                    self._sending = True
+                    await send(event)
                     self._sending = False
+                    self._sent += 1  # progress, for the watchdog and the room
+                    if not self._sent & 15:
+                        # Let the other writers of a burst have their turn: a writer that is due but
+                        # waits for the loop must not look like one whose peer stopped reading.
+                        await anyio.lowlevel.checkpoint()
             finally:
                 handle.unwatch(self)
         self._scope = None
