@@ -81,3 +81,10 @@ def test_inbox_keeps_the_order_when_another_thread_delivers_while_it_opens() -> 
     box.inbox.open("0-50")
     thread.join(10)
     assert box.passed == [str(n) for n in range(51, 20_001)]
+
+
+def test_inbox_passes_on_what_it_finds_opened_once_it_has_the_lock() -> None:
+    """A delivery that saw the inbox closed, then found it opened by another thread, is passed on."""
+    box = Box()
+    box.inbox.open(None)
+    assert not box.inbox._hold(Message("late"))

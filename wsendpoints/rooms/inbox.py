@@ -61,17 +61,22 @@ class Inbox:
         if self._held is None and self._after is None and message.to is None:
             self._deliver(message)  # the steady state: one call more than the member's own `deliver`
             return
-        if self._held is not None:
-            with self._lock:
-                held = self._held
-                if held is not None:
-                    if len(held) < self._limit:
-                        held.append(message)
-                        return
-                    self._held = None  # over the limit before it is opened: on, in order, unchecked
-                    for message_held in held:
-                        self._pass(message_held)
-        self._pass(message)
+        if self._held is None or not self._hold(message):
+            self._pass(message)
+
+    def _hold(self, message: Message) -> bool:
+        """Keep `message` until the inbox is opened; False if it was opened meanwhile (by another thread)."""
+        with self._lock:
+            held = self._held
+            if held is None:
+                return False
+            if len(held) < self._limit:
+                held.append(message)
+                return True
+            self._held = None  # over the limit before it is opened: on, in order, unchecked
+            for message_held in held:
+                self._pass(message_held)
+            return False
 
     def _pass(self, message: Message) -> None:
         after = self._after
