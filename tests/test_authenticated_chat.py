@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
 from starlette.testclient import TestClient
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from examples import authenticated_chat
 from wsendpoints import CloseCode
@@ -101,3 +105,28 @@ def test_authenticated_chat_page_logs_in_and_out(log_in: ExitStack) -> None:
     assert 'data-user="carol"' in client.get("/").text
     assert client.post("/logout", follow_redirects=False).status_code == 303
     assert 'data-user=""' in client.get("/").text
+
+
+# Under uvicorn, with a real `websockets` client: the close codes as a browser sees them.
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_authenticated_chat_under_uvicorn_closes_strangers_and_kicked_users_with_a_reason(
+    serve: Callable[..., str], log_in: ExitStack
+) -> None:
+    url = serve(authenticated_chat.app)
+    room = new_room()
+    with pytest.raises(ConnectionClosed) as refused:
+        async with connect(f"{url}/rooms/{room}") as stranger:
+            await asyncio.wait_for(stranger.recv(), 5)
+    received = refused.value.rcvd
+    assert received is not None
+    assert (received.code, received.reason) == (CloseCode.POLICY_VIOLATION, "not authenticated")
+    cookie = logged_in(log_in, "alice").cookies["session"]
+    async with connect(f"{url}/rooms/{room}", additional_headers={"Cookie": f"session={cookie}"}) as alice:
+        assert json.loads(await asyncio.wait_for(alice.recv(), 5))["users"] == ["alice"]
+        assert await authenticated_chat.Chat.kick(room, "alice", reason="removed by a moderator") == 1
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(alice.recv(), 5)
+        assert (alice.close_code, alice.close_reason) == (CloseCode.POLICY_VIOLATION, "removed by a moderator")
