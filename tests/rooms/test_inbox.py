@@ -88,3 +88,16 @@ def test_inbox_passes_on_what_it_finds_opened_once_it_has_the_lock() -> None:
     box = Box()
     box.inbox.open(None)
     assert not box.inbox._hold(Message("late"))
+
+
+def test_inbox_orders_ids_as_it_is_told_and_passes_those_it_does_not_know() -> None:
+    passed: list[str] = []
+
+    def order(message_id: str) -> tuple[int, ...] | None:
+        return (int(message_id[1:]),) if message_id.startswith("e") else None
+
+    inbox = Inbox("ann", lambda message: passed.append(message.payload), print, 10, order)
+    for message_id in ("e1", "e2", "x9", "e3"):
+        inbox.deliver(Message(message_id, id=message_id))
+    inbox.open("e2")
+    assert passed == ["x9", "e3"]

@@ -32,17 +32,27 @@ class Inbox:
             bound): past that, it hands what it holds, and all that follows, to `deliver` in
             order, whose slow-consumer policy then applies, and skips nothing as published
             before the member entered.
+        order: Where a message id stands in its room (later messages: greater), or None for an
+            id it does not know; by default `message_order`.
     """
 
-    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_lock", "user")
+    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_lock", "_order", "user")
 
-    def __init__(self, user: str, deliver: Deliver, kick: Callable[[int, str], object], limit: int) -> None:
+    def __init__(
+        self,
+        user: str,
+        deliver: Deliver,
+        kick: Callable[[int, str], object],
+        limit: int,
+        order: Callable[[str], tuple[int, ...] | None] = message_order,
+    ) -> None:
         self.user = user
         self._deliver = deliver
         self._kick = kick
         self._limit = limit
         self._held: list[Message] | None = []
-        self._after: tuple[int, int] | None = None
+        self._after: tuple[int, ...] | None = None
+        self._order = order
         self._lock = threading.Lock()
 
     def open(self, after: str | None) -> None:
@@ -51,7 +61,7 @@ class Inbox:
             held = self._held
             if held is None:  # it gave up holding: nothing to skip
                 return
-            self._after = None if after is None else message_order(after)
+            self._after = None if after is None else self._order(after)
             for message in held:
                 self._pass(message)
             self._held = None
@@ -81,9 +91,11 @@ class Inbox:
     def _pass(self, message: Message) -> None:
         after = self._after
         if after is not None:
-            if message.id is not None and message_order(message.id) <= after:
-                return  # published before the member entered
-            self._after = None  # the room's order: everything from here on is newer
+            position = None if message.id is None else self._order(message.id)
+            if position is not None:  # a message without a known id is passed on, and proves nothing
+                if position <= after:
+                    return  # published before the member entered
+                self._after = None  # the room's order: everything from here on is newer
         to = message.to
         if to is not None:
             if to != self.user:
