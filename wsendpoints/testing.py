@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 from starlette.testclient import WebSocketTestSession
 from starlette.types import Message as ASGIMessage
 
 from .brokers import Broker, Message
+from .brokers.base import message_order
 from .exceptions import BrokerClosedError
 
 __all__ = [
@@ -262,6 +263,7 @@ async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: A
     await broker.leave(rooms[1], "m4")
     assert await broker.members(room) == []
     assert await broker.members(rooms[1]) == []
+    await _check_names(broker, room, timeout)
 
     await broker.aclose()
     try:
@@ -270,3 +272,53 @@ async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: A
         pass
     else:
         raise AssertionError("publish() after aclose() must raise BrokerClosedError")
+
+
+class _Notices(TypedDict):
+    greeting: Message
+    farewell: Message
+
+
+async def _check_names(broker: Broker, room: str, timeout: float) -> None:  # noqa: ASYNC109 - as check_broker's
+    """Check presence per user name (`enter`, `depart`) and messages to one user (`publish_to`)."""
+    heard = Collector()
+
+    def notices(member: str) -> _Notices:
+        return {"greeting": Message(f"{member} joined", sender=member), "farewell": Message(f"{member} left")}
+
+    async with broker.subscribe(room, heard):
+        first = await broker.enter(room, "a1", "alice", **notices("a1"))
+        assert (first.count, first.first, first.users, first.refused) == (1, True, ("alice",), None)
+        second = await broker.enter(room, "a2", "alice", **notices("a2"))
+        assert (second.count, second.first, second.users) == (2, False, ("alice",)), "a name must be greeted once"
+        taken = await broker.enter(room, "a3", "alice", unique=True, **notices("a3"))
+        assert (taken.count, taken.refused) == (0, "name taken"), "unique=True must refuse a name present"
+        full = await broker.enter(room, "b1", "bob", max_members=2, **notices("b1"))
+        assert (full.count, full.refused) == (0, "room full"), "max_members must refuse past the limit"
+        assert await broker.members(room) == ["alice"], "a refused member must leave no trace"
+        assert not await broker.depart(room, "a1"), "a name stays while another member has it"
+        assert await broker.members(room) == ["alice"]
+        await broker.publish(room, Message("between"))
+        assert await broker.depart(room, "a2"), "the last member of a name must say so"
+        assert not await broker.depart(room, "a2"), "an unknown member is not a name's last"
+        await heard.wait_for(3, timeout)
+        assert heard.payloads() == ["a1 joined", "between", "a2 left"], "one greeting and one farewell per name"
+        assert heard.messages[0].sender == "a1", "a greeting keeps its sender"
+
+        entry = await broker.enter(room, "c1", "cleo")
+        await broker.publish(room, Message("after cleo"))
+        await heard.wait_for(4, timeout)
+        if entry.after is not None:
+            ids = [message_order(message.id or "0") for message in heard.messages]
+            assert max(ids[:3]) <= message_order(entry.after) < ids[3], "Entry.after must mark where cleo entered"
+
+        assert await broker.publish_to(room, "dora", Message("psst")) in (0, None)
+        for member in ("d1", "d2"):
+            await broker.enter(room, member, "dora")
+        assert await broker.publish_to(room, "dora", Message("bye", close=4000)) in (2, None), "count dora's members"
+        await heard.wait_for(6, timeout)
+        addressed = [(m.payload, m.to, m.close) for m in heard.messages[4:]]
+        assert addressed == [("psst", "dora", None), ("bye", "dora", 4000)], "publish_to must address its message"
+        for member in ("c1", "d1", "d2"):
+            await broker.depart(room, member)
+    assert await broker.members(room) == []

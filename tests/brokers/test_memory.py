@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
 from wsendpoints import BrokerClosedError, MemoryBroker, Message
-from wsendpoints.brokers import Broker
+from wsendpoints.brokers import Broker, Deliver
+from wsendpoints.brokers.base import Entry
 from wsendpoints.testing import check_broker
 
 
@@ -40,12 +43,54 @@ class NeverClosed(MemoryBroker):
         pass
 
 
+class GreetsEveryone(MemoryBroker):
+    """Breaks the contract: every member is its name's first."""
+
+    async def enter(self, room: str, member: str, user: str, **options: Message | bool | int | None) -> Entry:
+        entry = await super().enter(room, member, user, **options)  # type: ignore[arg-type]
+        return Entry(entry.count, True, entry.users, entry.after, entry.refused)
+
+
+class Plain(Broker):
+    """A broker with only the five abstract methods, as written before presence per name: defaults do the rest."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBroker()
+
+    async def publish(self, room: str, message: Message) -> None:
+        await self.inner.publish(room, message)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, room: str, deliver: Deliver, paused: Callable[[], bool] | None = None
+    ) -> AsyncIterator[None]:
+        async with self.inner.subscribe(room, deliver, paused):
+            yield
+
+    async def join(self, room: str, member: str, user: str) -> int:
+        return await self.inner.join(room, member, user)
+
+    async def leave(self, room: str, member: str) -> None:
+        await self.inner.leave(room, member)
+
+    async def members(self, room: str) -> list[str]:
+        return await self.inner.members(room)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_broker_with_the_default_presence_per_name_passes_the_contract() -> None:
+    anyio.run(check_broker, Plain())
+
+
 @pytest.mark.parametrize(
     ("broker", "error", "message"),
     [
         (Forgetful(), TimeoutError, None),
         (LeakyRooms(), AssertionError, "got another room's messages"),
         (NeverClosed(), AssertionError, "publish\\(\\) after aclose\\(\\) must raise BrokerClosedError"),
+        (GreetsEveryone(), AssertionError, "a name must be greeted once"),
     ],
 )
 def test_check_broker_catches_broken_brokers(broker: Broker, error: type[Exception], message: str | None) -> None:
@@ -74,6 +119,10 @@ def test_memory_broker_refuses_work_after_close() -> None:
             await broker.publish("r", Message("x"))
         with pytest.raises(BrokerClosedError):
             await broker.join("r", "m", "ann")
+        with pytest.raises(BrokerClosedError):
+            await broker.enter("r", "m", "ann")
+        with pytest.raises(BrokerClosedError):
+            await broker.publish_to("r", "ann", Message("x"))
         with pytest.raises(BrokerClosedError):
             async with broker.subscribe("r", print):
                 pass  # pragma: no cover - never reached

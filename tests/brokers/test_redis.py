@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import anyio
 import anyio.abc
@@ -19,6 +19,7 @@ import redis.asyncio
 from tests.bounded import bounded
 from tests.redis_server import RedisServer
 from wsendpoints import BrokerClosedError, BrokerError, BrokerUnavailableError, Message
+from wsendpoints.brokers.base import message_order
 from wsendpoints.brokers.redis import RedisBroker
 from wsendpoints.testing import Collector, check_broker
 
@@ -219,6 +220,9 @@ async def test_redis_broker_skips_stream_entries_it_did_not_write(
         {b"meta": meta(sender=2), b"payload": b"p"},
         {b"meta": meta(seq=True), b"payload": b"p"},
         {b"meta": b'{"origin": "o", "sender": null, "seq": NaN}', b"payload": b"p"},
+        {b"meta": meta(to=3), b"payload": b"p"},
+        {b"meta": meta(close=1008), b"payload": b"p"},
+        {b"meta": meta(to="a", close="x"), b"payload": b"p"},
     ]
     async with RedisBroker(redis_url) as broker:
         got = Collector()
@@ -808,3 +812,134 @@ def test_redis_server_says_what_went_wrong() -> None:
         server.restart()
         with redis.Redis.from_url(server.url) as client:
             assert client.ping()
+
+
+# -- presence per name -------------------------------------------------------------------
+
+
+class Notices(TypedDict):
+    greeting: Message
+    farewell: Message
+
+
+def notices(member: str, user: str) -> Notices:
+    return {"greeting": Message(f"{user} joined", sender=member), "farewell": Message(f"{user} left", sender=member)}
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_announces_a_name_once_across_processes(redis_url: str) -> None:
+    async with RedisBroker(redis_url) as one, RedisBroker(redis_url) as two:
+        heard_one, heard_two = Collector(), Collector()
+        async with one.subscribe("r", heard_one), two.subscribe("r", heard_two):
+            assert (await one.enter("r", "a1", "alice", **notices("a1", "alice"))).first
+            entry = await two.enter("r", "a2", "alice", **notices("a2", "alice"))
+            assert (entry.count, entry.first, entry.users) == (2, False, ("alice",))
+            taken = await two.enter("r", "a3", "alice", unique=True)
+            assert taken.refused == "name taken"
+            assert not await one.depart("r", "a1")
+            assert await two.members("r") == ["alice"]
+            await one.publish("r", Message("between"))
+            assert await two.depart("r", "a2")
+            for heard in (heard_one, heard_two):
+                await heard.wait_for(3)
+                assert heard.payloads() == ["alice joined", "between", "alice left"]
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_entry_marks_what_a_joiner_already_knows(redis_url: str) -> None:
+    """A member that enters a room its process already reads skips the notices published before it entered."""
+    async with RedisBroker(redis_url) as broker:
+        early = Collector()
+        async with broker.subscribe("r", early):
+            await broker.enter("r", "b1", "bob", **notices("b1", "bob"))
+            late = Collector()
+            async with broker.subscribe("r", late):
+                entry = await broker.enter("r", "c1", "cleo", **notices("c1", "cleo"))
+                assert entry.users == ("bob", "cleo")
+                await broker.publish("r", Message("after both"))
+                while "after both" not in late.payloads():  # before it, perhaps "bob joined": it came before cleo
+                    await late.wait_for(len(late.messages) + 1)
+                assert entry.after is not None  # cleo's own greeting included: its member skips it anyway
+                newer = [m.payload for m in late.messages if message_order(m.id or "") > message_order(entry.after)]
+                assert newer == ["after both"]
+                assert [m.payload for m in early.messages] == ["bob joined", "cleo joined", "after both"]
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_sends_a_dead_process_names_farewells_once(redis_url: str) -> None:
+    """Killed: its members drop out within the presence TTL, and each name it alone had leaves once."""
+    hung_loop = LoopThread()
+    hung = RedisBroker(redis_url, presence_ttl=0.3)
+    try:
+        async with RedisBroker(redis_url, presence_ttl=0.3) as one, RedisBroker(redis_url, presence_ttl=0.3) as two:
+            heard_one, heard_two = Collector(), Collector()
+            async with one.subscribe("r", heard_one), two.subscribe("r", heard_two):
+                await one.enter("r", "b1", "bob", **notices("b1", "bob"))
+                await two.enter("r", "c1", "cleo", **notices("c1", "cleo"))
+                for member, user in (("h1", "hal"), ("h2", "hal"), ("h3", "bob")):
+                    await hung_loop.run(hung.enter("r", member, user, **notices(member, user)))
+                for heard in (heard_one, heard_two):  # its heartbeat has stopped: it is dead after presence_ttl
+                    await heard.wait_for(4, within=5)
+                    assert heard.payloads() == ["bob joined", "cleo joined", "hal joined", "hal left"]
+                assert await two.members("r") == ["bob", "cleo"]
+                await one.publish("r", Message("last"))
+                for heard in (heard_one, heard_two):
+                    await heard.wait_for(5)
+                    assert heard.payloads()[4:] == ["last"]
+    finally:
+        hung_loop.thaw()
+        await hung.aclose()
+        await hung_loop.close()
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_applies_a_missed_leave_with_its_farewell(own_redis: RedisServer) -> None:
+    async with (
+        RedisBroker(own_redis.url) as watcher,
+        RedisBroker(own_redis.url, presence_ttl=0.6, max_backoff=0.2) as broker,
+    ):
+        heard = Collector()
+        async with watcher.subscribe("r", heard):
+            await broker.enter("r", "a1", "alice", **notices("a1", "alice"))
+            await heard.wait_for(1)
+            await anyio.to_thread.run_sync(lambda: own_redis.stop(save=True))
+            assert not await broker.depart("r", "a1")  # not known to be the last: Redis is away
+            await anyio.to_thread.run_sync(own_redis.start)
+            await heard.wait_for(2, within=10)
+            assert heard.payloads() == ["alice joined", "alice left"]
+            assert await watcher.members("r") == []
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_says_goodbye_for_the_names_it_still_has(redis_url: str) -> None:
+    async with RedisBroker(redis_url) as watcher:
+        heard = Collector()
+        async with watcher.subscribe("r", heard):
+            broker = RedisBroker(redis_url)
+            await broker.enter("r", "a1", "alice", **notices("a1", "alice"))
+            await broker.enter("r", "a2", "alice", **notices("a2", "alice"))
+            await broker.aclose()
+            await heard.wait_for(2)
+            assert heard.payloads() == ["alice joined", "alice left"]
+            assert await watcher.members("r") == []
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_publish_to_carries_the_address_and_cannot_count(redis_url: str) -> None:
+    async with RedisBroker(redis_url) as one, RedisBroker(redis_url) as two:
+        heard = Collector()
+        async with two.subscribe("r", heard):
+            await two.enter("r", "a1", "alice")
+            assert await one.publish_to("r", "alice", Message("psst")) is None
+            assert await one.publish_to("r", "alice", Message("out", close=4001)) is None
+            await heard.wait_for(2)
+            assert [(m.payload, m.to, m.close) for m in heard.messages] == [
+                ("psst", "alice", None),
+                ("out", "alice", 4001),
+            ]

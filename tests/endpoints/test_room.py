@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 
 from tests.conftest import ClientFactory
 from wsendpoints import BrokerClosedError, BrokerUnavailableError, CloseCode, MemoryBroker, RoomEndpoint
+from wsendpoints.brokers.base import Entry
 from wsendpoints.testing import (
     assert_no_message,
     assert_no_message_each,
@@ -530,7 +531,7 @@ def test_stalled_member_is_closed_1013_by_the_endpoint() -> None:
 class Unreachable(MemoryBroker):
     """A broker whose backend is down."""
 
-    async def join(self, room: str, member: str, user: str) -> int:
+    async def enter(self, room: str, member: str, user: str, **options: Any) -> Entry:
         raise BrokerUnavailableError("cannot reach the backend")
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -24,6 +25,7 @@ from tests.endpoints.test_room import room_app
 from tests.redis_server import RedisServer
 from tests.servers import UvicornThread
 from wsendpoints import BrokerError, CloseCode, MemoryBroker, Message, RoomEndpoint, TooManyRoomsError
+from wsendpoints.brokers.base import Entry
 from wsendpoints.brokers.redis import RedisBroker
 from wsendpoints.testing import expect_close, receive_text
 
@@ -40,7 +42,7 @@ class Refusing(MemoryBroker):
 class Full(MemoryBroker):
     """A broker that holds as many rooms as it may."""
 
-    async def join(self, room: str, member: str, user: str) -> int:
+    async def enter(self, room: str, member: str, user: str, **options: Any) -> Entry:
         raise TooManyRoomsError("too many rooms (max_rooms=1)")
 
 

@@ -23,7 +23,8 @@ __all__ = ["make_app"]
 
 
 def make_app() -> Starlette:
-    """Serve rooms at /rooms/{room}/{user}, GET /members/{room} and POST /broadcast/{room} (body: the text)."""
+    """Serve rooms at /rooms/{room}/{user}, GET /members/{room}, and POST /broadcast/{room},
+    /send_to/{room}/{user} and /kick/{room}/{user} (body: the text, or the reason)."""
     broker = RedisBroker(
         os.environ["MULTIPROCESS_REDIS_URL"],
         presence_ttl=float(os.environ["MULTIPROCESS_PRESENCE_TTL"]),
@@ -38,6 +39,16 @@ def make_app() -> Starlette:
         await chat.broadcast(request.path_params["room"], (await request.body()).decode())
         return Response(status_code=204)
 
+    async def send_to(request: Request) -> Response:
+        text = (await request.body()).decode()
+        await chat.send_to(request.path_params["room"], request.path_params["user"], text)
+        return Response(status_code=204)
+
+    async def kick(request: Request) -> Response:
+        reason = (await request.body()).decode()
+        await chat.kick(request.path_params["room"], request.path_params["user"], reason=reason)
+        return Response(status_code=204)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with broker:
@@ -48,6 +59,8 @@ def make_app() -> Starlette:
             WebSocketRoute("/rooms/{room}/{user}", chat),
             Route("/members/{room}", members),
             Route("/broadcast/{room}", broadcast, methods=["POST"]),
+            Route("/send_to/{room}/{user}", send_to, methods=["POST"]),
+            Route("/kick/{room}/{user}", kick, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

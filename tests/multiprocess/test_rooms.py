@@ -10,6 +10,7 @@ from types import TracebackType
 import anyio
 import anyio.abc
 import pytest
+import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -170,7 +171,10 @@ async def test_a_killed_process_drops_out_of_presence(redis_server: RedisServer,
         # presence_ttl (1 s) plus a margin for the reaper and two shared cores; the wait above is the event.
         assert time.monotonic() - killed < 1.0 + 3.0
         await anyio.to_thread.run_sync(one.post, "/broadcast/killed", "still here")
-        assert await ann.receive_until("still here") == ["bob joined the chat", "cid joined the chat", "still here"]
+        received = await ann.receive_until("still here")
+        assert received[:2] == ["bob joined the chat", "cid joined the chat"]
+        assert sorted(received[2:4]) == ["bob left the chat", "cid left the chat"]  # once each, as it was pruned
+        assert received[4:] == ["still here"]
 
 
 @bounded(60)
@@ -236,3 +240,80 @@ async def test_burst_of_2000_reaches_members_on_both_processes(servers: tuple[Ap
             assert reader.chat("sender") == [f"sender: {text}" for text in sent]
             assert reader.ws.close_code is None
         assert sender.ws.close_code is None
+
+
+async def connections(redis_server: RedisServer, room: str) -> int:
+    """Return how many connections `room` has in Redis: nothing tells when a process has handled a close."""
+    client = redis.asyncio.Redis.from_url(redis_server.url, protocol=2)
+    try:
+        return int(await client.hlen(f"wsendpoints:members:rooms%2F{room}".encode()))
+    finally:
+        await client.aclose()
+
+
+async def wait_for_connections(redis_server: RedisServer, room: str, count: int) -> None:
+    present = -1
+    with anyio.fail_after(10):
+        while present != count:  # a poll of Redis: no event tells
+            await anyio.sleep(0.05)
+            present = await connections(redis_server, room)
+
+
+@pytest.mark.parametrize("second", [0, 1], ids=["one-process", "two-processes"])
+@bounded(60)
+async def test_a_name_with_two_connections_is_announced_once(
+    servers: tuple[AppServer, AppServer], redis_server: RedisServer, second: int
+) -> None:
+    one, two = servers
+    async with Room(f"twice{second}") as room:
+        bob = await room.enter(one, "bob")
+        cid = await room.enter(two, "cid")
+        assert await bob.receive_until("cid joined the chat") == ["cid joined the chat"]
+        first_tab = await room.enter(one, "alice")
+        second_tab = await room.enter(servers[second], "alice")
+        await second_tab.ws.send("from the second tab")
+        for member in (bob, cid):  # one join notice, before the message
+            assert await member.receive_until("alice: from the second tab") == [
+                "alice joined the chat",
+                "alice: from the second tab",
+            ]
+        await first_tab.ws.close()
+        await wait_for_connections(redis_server, room.name, 3)
+        await second_tab.ws.send("still me")
+        for member in (bob, cid):  # no leave notice while a connection of alice is left
+            assert await member.receive_until("alice: still me") == ["alice: still me"]
+        for server in servers:
+            assert await room.members(server) == ["alice", "bob", "cid"]
+        await second_tab.ws.close()
+        await room.wait_for_members(one, lambda present: present == ["bob", "cid"])
+        await anyio.to_thread.run_sync(two.post, f"/broadcast/{room.name}", "end")
+        for member in (bob, cid):
+            assert await member.receive_until("end") == ["alice left the chat", "end"]
+
+
+@bounded(60)
+async def test_send_to_and_kick_on_one_process_reach_the_user_on_both(
+    servers: tuple[AppServer, AppServer], redis_server: RedisServer
+) -> None:
+    one, two = servers
+    async with Room("direct") as room:
+        bob = await room.enter(one, "bob")
+        alicia = await room.enter(two, "alicia")
+        tabs = [await room.enter(two, "alice"), await room.enter(one, "alice")]
+        await wait_for_connections(redis_server, room.name, 4)
+        await anyio.to_thread.run_sync(one.post, "/send_to/direct/alice", "your export is ready")
+        await anyio.to_thread.run_sync(one.post, "/broadcast/direct", "mark")
+        for member in tabs:
+            assert (await member.receive_until("mark"))[-2:] == ["your export is ready", "mark"]
+        for member in (bob, alicia):
+            assert "your export is ready" not in await member.receive_until("mark")
+        await anyio.to_thread.run_sync(one.post, "/kick/direct/alice", "kicked by a moderator")
+        await wait_for_connections(redis_server, room.name, 2)  # each process reads the kick, closes, leaves
+        with anyio.fail_after(10):
+            for member in tabs:
+                await member.ws.wait_closed()
+                assert (member.ws.close_code, member.ws.close_reason) == (1008, "kicked by a moderator")
+        await room.wait_for_members(two, lambda present: present == ["alicia", "bob"])
+        await anyio.to_thread.run_sync(two.post, "/broadcast/direct", "end")
+        for member in (bob, alicia):
+            assert await member.receive_until("end") == ["alice left the chat", "end"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["Broker", "Deliver", "Message"]
+__all__ = ["Broker", "Deliver", "Entry", "Message", "message_order"]
 
 B = TypeVar("B", bound="Broker")
 
@@ -21,13 +21,48 @@ class Message:
     Attributes:
         payload: The text frame the members receive, encoded once for all of them.
         sender: The id of the publishing member, which does not receive it; None reaches everyone.
-        id: The broker's id for the message within its room, where the broker assigns one
-            (reserved for history and recovery on reconnect); None otherwise.
+        id: The broker's id for the message within its room, where the broker assigns one; None
+            otherwise. Ids are `"<int>-<int>"`, as Redis stream ids are, and order a room's
+            messages as `message_order` does.
+        to: The user name whose members alone take the message (`Broker.publish_to`); None
+            for the whole room.
+        close: For a message `to` a user, the close code its members close with, `payload`
+            being the reason (a kick); None for a message to send.
     """
 
     payload: str
     sender: str | None = None
     id: str | None = None
+    to: str | None = None
+    close: int | None = None
+
+
+def message_order(message_id: str) -> tuple[int, int]:
+    """Return the order of a message id within its room: `"1700000000000-3"` -> `(1700000000000, 3)`."""
+    first, _, second = message_id.partition("-")
+    return int(first), int(second or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What `Broker.enter` tells a member that entered a room.
+
+    Attributes:
+        count: How many members the room has now, this one included (0 when refused).
+        first: Whether it is the first member of its user name in the room: its greeting was published.
+        users: The user names present, sorted, each once, as they were when it entered.
+        after: The id of the last message published to the room before it entered, where the
+            broker assigns ids: the member skips messages up to it, which `users` covers. None
+            when it need skip nothing.
+        refused: Why it was refused, if it was: "name taken" (`unique`, and its user name was
+            present) or "room full" (`max_members` were present). Nothing changed then.
+    """
+
+    count: int
+    first: bool
+    users: tuple[str, ...]
+    after: str | None = None
+    refused: str | None = None
 
 
 Deliver = Callable[[Message], None]
@@ -47,7 +82,9 @@ class Broker(ABC):
     - a `deliver` callback that raises is logged and does not affect other subscribers.
 
     Presence counts members (connections) with a user name each; several members may share
-    a name. Every broker passes `wsendpoints.testing.check_broker`.
+    a name. `enter` and `depart` keep presence per name: a greeting when a name's first member
+    enters, a farewell when its last departs. `publish_to` reaches the members of one user
+    name. Every broker passes `wsendpoints.testing.check_broker`.
 
     Example:
         ```python
@@ -99,6 +136,80 @@ class Broker(ABC):
     @abstractmethod
     async def members(self, room: str) -> list[str]:
         """Return the user names present in `room`, sorted, each once."""
+
+    # Presence per user name, and messages to one user. The defaults below are built on the
+    # methods above, one call after another: correct for one member at a time. A broker shared
+    # by many processes overrides them to make each one atomic (see `MemoryBroker`, `RedisBroker`).
+
+    async def enter(
+        self,
+        room: str,
+        member: str,
+        user: str,
+        *,
+        greeting: Message | None = None,
+        farewell: Message | None = None,
+        unique: bool = False,
+        max_members: int | None = None,
+    ) -> Entry:
+        """Add `member` named `user` to `room`'s presence, announcing the name if it is new there.
+
+        Args:
+            room: The room.
+            member: A connection id unique across processes.
+            user: The member's user name.
+            greeting: Published to `room` if `member` is the first of `user` in it.
+            farewell: Kept, and published to `room` when the last member of `user` departs
+                (or, on a broker shared by processes, drops out with its dead process).
+            unique: Refuse `member` (nothing changes) if `user` is present already.
+            max_members: Refuse `member` (nothing changes) if the room has that many members already.
+
+        Returns:
+            The head count, whether the name is new, the names present and where the member
+            starts reading (see `Entry`).
+        """
+        users = await self.members(room)
+        if unique and user in users:
+            return Entry(0, False, tuple(users), refused="name taken")
+        count = await self.join(room, member, user)
+        if max_members is not None and count > max_members:
+            await self.leave(room, member)
+            return Entry(0, False, tuple(users), refused="room full")
+        self._farewells()[room, member] = (user, farewell)
+        first = user not in users
+        if first and greeting is not None:
+            await self.publish(room, greeting)
+        return Entry(count, first, tuple(sorted({*users, user})))
+
+    async def depart(self, room: str, member: str) -> bool:
+        """Remove `member` from `room`'s presence; publish its farewell if it was its name's last member.
+
+        Returns:
+            Whether it was the last member of its user name (unknown members: False).
+        """
+        user, farewell = self._farewells().pop((room, member), (None, None))
+        await self.leave(room, member)
+        if user is None or user in await self.members(room):
+            return False
+        if farewell is not None:
+            await self.publish(room, farewell)
+        return True
+
+    async def publish_to(self, room: str, user: str, message: Message) -> int | None:
+        """Send `message` to the members of `room` named `user` only, on every process the broker reaches.
+
+        Every subscriber gets it with `to` set to `user`; the endpoints' members keep only what
+        is addressed to their own name.
+
+        Returns:
+            How many members it reached, where the broker can tell (`MemoryBroker`); else None.
+        """
+        await self.publish(room, replace(message, to=user))
+        return None
+
+    def _farewells(self) -> dict[tuple[str, str], tuple[str, Message | None]]:
+        farewells: dict[tuple[str, str], tuple[str, Message | None]] = self.__dict__.setdefault("_entered", {})
+        return farewells
 
     async def aclose(self) -> None:  # noqa: B027 - a broker without resources need not override it
         """Release the broker's resources; publishing afterwards raises `BrokerClosedError`."""

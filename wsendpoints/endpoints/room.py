@@ -25,13 +25,14 @@ from .._limits import KeyedRateLimit
 from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
 from .._text import check_outbound_text, neutralize_controls, normalize_name
-from ..brokers.base import Broker, Message
+from ..brokers.base import Broker, Entry, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
 from ..exceptions import BrokerError, TooManyRoomsError
+from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
 from ..rooms.room import Room
-from .base import Endpoint
+from .base import MAX_REASON_BYTES, Endpoint
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -43,6 +44,8 @@ logger = logging.getLogger("wsendpoints")
 _default_broker = MemoryBroker()
 _process = secrets.token_hex(6)
 _member_ids = itertools.count(1)
+_KICK_CODES = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
+"""The close codes of RFC 6455 that an application may send to remove a connection."""
 
 
 def _check_broker(name: str, value: Any) -> None:
@@ -94,6 +97,8 @@ class RoomOptions(TypedDict, total=False):
     join_rate_limit: tuple[int, float] | None
     presence_notices: bool
     keep_controls: bool
+    require_auth: bool
+    unique_names: bool
     max_queue_bytes: int
     slow_after: float
 
@@ -138,6 +143,8 @@ class RoomEndpoint(Endpoint):
     max_members: int | None = None
     rate_limit: tuple[int, float] | None = None
     max_message_size: int | None = 64 * 1024
+    require_auth: bool = False
+    unique_names: bool = False
     join_rate_limit: tuple[int, float] | None = None
     presence_notices: bool = True
     keep_controls: bool = False
@@ -161,6 +168,8 @@ class RoomEndpoint(Endpoint):
         "send_timeout": check_number(optional=False),
         "max_members": check_size(),
         "rate_limit": check_pair,
+        "require_auth": _check_flag,
+        "unique_names": _check_flag,
         "join_rate_limit": check_pair,
         "presence_notices": _check_flag,
         "keep_controls": _check_flag,
@@ -168,6 +177,7 @@ class RoomEndpoint(Endpoint):
 
     encoding: Literal["text", "bytes", "json"] | None = "text"
     _name_re: ClassVar[re.Pattern[str]] = re.compile(name_pattern)
+    _warned_unauthenticated: ClassVar[bool] = False
     _join_limit: ClassVar[KeyedRateLimit | None] = None
 
     room: str
@@ -184,6 +194,7 @@ class RoomEndpoint(Endpoint):
         super().__init_subclass__(**kwargs)
         cls.encoding = "json" if cls.mode == "json" else "text"
         cls._name_re = re.compile(cls.name_pattern)
+        cls._warned_unauthenticated = False
         cls._join_limit = None if cls.join_rate_limit is None else KeyedRateLimit(*cls.join_rate_limit)
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -194,8 +205,9 @@ class RoomEndpoint(Endpoint):
         self._membership = AsyncExitStack()
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
-        self._announced = False
         self._sent: deque[float] | None = None
+        self._kick: asyncio.Task[None] | None = None
+        self._kicked_with: tuple[int, str] | None = None
 
     @property
     def dropped(self) -> int:
@@ -260,6 +272,75 @@ class RoomEndpoint(Endpoint):
         """Return the user names present in `room` (NFKC-normalized, as members join), sorted, each once."""
         return await cls.broker.members(cls._room_key(normalize_name(room)))
 
+    # Who is who: one user's connections, from the server side
+
+    @classmethod
+    def _addressee(cls, user: Any) -> str:
+        """Check a user name the app addresses (as `_outbound()` checks a room); return its NFKC form."""
+        if not isinstance(user, str):
+            raise TypeError(f"user must be a str, got {type(user).__name__}")
+        name = normalize_name(user)
+        if not cls._name_re.fullmatch(name):
+            raise ValueError(f"user name {user!r} does not match name_pattern {cls.name_pattern!r}")
+        return name
+
+    @classmethod
+    async def send_to(cls, room: str, user: str, text: str) -> int | None:
+        """Send `text` to every connection of `user` in `room`, on every process the broker reaches, and nobody else.
+
+        In text mode those connections receive `text` as it is; in json mode
+        `{"type": "direct", "room": room, "text": text}`.
+
+        Returns:
+            How many connections it reached, where the broker can tell: `MemoryBroker` counts
+            them; `RedisBroker` cannot (they may be on other processes) and returns None.
+
+        Raises:
+            TypeError: If `room`, `user` or `text` is not a `str`.
+            ValueError: If `room` or `user` does not match `name_pattern` (after NFKC), or `text`
+                has a lone surrogate or is over `max_message_size` bytes in UTF-8.
+            BrokerClosedError: If the broker was closed.
+        """
+        room = cls._outbound(room, text)
+        user = cls._addressee(user)
+        payload = text if cls.mode == "text" else _json.dumps({"type": "direct", "room": room, "text": text})
+        return await cls.broker.publish_to(cls._room_key(room), user, Message(payload))
+
+    @classmethod
+    async def kick(
+        cls, room: str, user: str, code: int = CloseCode.POLICY_VIOLATION, reason: str = "removed from the room"
+    ) -> int | None:
+        """Close every connection of `user` in `room`, on every process the broker reaches, with `code` and `reason`.
+
+        Each connection leaves the room as any other that closes: the room is told when the
+        user's last connection has gone (the leave notice).
+
+        Returns:
+            How many connections it reached, as `send_to` does.
+
+        Raises:
+            TypeError: If `room`, `user` or `reason` is not a `str`, or `code` not an `int`.
+            ValueError: If `room` or `user` does not match `name_pattern` (after NFKC), `code` is not one an
+                application may send (1000, 1001, 1008, 1011, 1012, 1013 or 3000-4999), or
+                `reason` is over 123 bytes in UTF-8.
+            BrokerClosedError: If the broker was closed.
+        """
+        room = cls._outbound(room, "")
+        user = cls._addressee(user)
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"code must be an int, got {code!r}")
+        if code not in _KICK_CODES and not 3000 <= code <= 4999:
+            raise ValueError(f"code must be 1000, 1001, 1008, 1011, 1012, 1013 or 3000-4999, got {code}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        try:
+            size = len(reason.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"reason cannot be encoded as UTF-8: {exc.reason} at index {exc.start}") from None
+        if size > MAX_REASON_BYTES:
+            raise ValueError(f"reason is {size} bytes in UTF-8, over the {MAX_REASON_BYTES} a close frame holds")
+        return await cls.broker.publish_to(cls._room_key(room), user, Message(reason, close=int(code)))
+
     # The connection
 
     async def dispatch(self) -> None:
@@ -267,9 +348,10 @@ class RoomEndpoint(Endpoint):
             try:
                 await super().dispatch()
             finally:
-                if self._writer is not None:
-                    self._writer.cancel()
-                    await asyncio.wait([self._writer])  # the writer has ended before the connection has
+                for task in (self._writer, self._kick):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.wait([task])  # it has ended before the connection has
             return
         async with anyio.create_task_group() as tasks:
             self._start = tasks.start_soon
@@ -298,8 +380,36 @@ class RoomEndpoint(Endpoint):
         client = websocket.client
         return None if client is None else client.host
 
+    async def authorize(self, websocket: WebSocket, room: str, user: str) -> bool:
+        """Return whether `user` may enter `room`; override it to decide (default: everyone may).
+
+        Called after the accept and the checks of the names, before the connection joins: False
+        closes it with 1008 "not allowed in this room", and nobody in the room hears of it. An
+        exception closes it with 1011, like any error in a handler. With `require_auth`,
+        `websocket.user` is the authenticated user and `user` its `display_name`.
+        """
+        return True
+
+    def _authenticated(self, websocket: WebSocket) -> str | None:
+        """Return the `display_name` of the connection's authenticated user, or None."""
+        if "user" not in websocket.scope:
+            cls = type(self)
+            if not cls._warned_unauthenticated:
+                cls._warned_unauthenticated = True
+                logger.warning(
+                    "%s has require_auth=True but no AuthenticationMiddleware sets websocket.user: every "
+                    "connection is closed with 1008 'not authenticated'. Add Starlette's AuthenticationMiddleware "
+                    "with an AuthenticationBackend to the app.",
+                    cls.__name__,
+                )
+            return None
+        user = websocket.user
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return normalize_name(str(user.display_name))
+
     async def on_connect(self, websocket: WebSocket) -> None:
-        """Accept, check the join rate, the room and user names (NFKC) and the limits, then join the room."""
+        """Accept; check the join rate, the user (`require_auth`), the names (NFKC), `authorize`, the limits; join."""
         await super().on_connect(websocket)
         if self.closed_by is not None:
             return
@@ -309,8 +419,15 @@ class RoomEndpoint(Endpoint):
             if key is not None and not limit.allow(key):
                 await self._reject(websocket, CloseCode.POLICY_VIOLATION, "too many connections")
                 return
+        user: str | None
+        if self.require_auth:
+            user = self._authenticated(websocket)
+            if user is None:
+                await self._reject(websocket, CloseCode.POLICY_VIOLATION, "not authenticated")
+                return
+        else:
+            user = self._param(websocket, self.user_param)
         room = self._param(websocket, self.room_param)
-        user = self._param(websocket, self.user_param)
         if room is None or not self._name_re.fullmatch(room):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid room name")
             return
@@ -318,6 +435,9 @@ class RoomEndpoint(Endpoint):
             user = f"guest-{secrets.token_hex(4)}"
         elif not self._name_re.fullmatch(user):
             await self._reject(websocket, CloseCode.POLICY_VIOLATION, "invalid user name")
+            return
+        if not await self.authorize(websocket, room, user):
+            await self._reject(websocket, CloseCode.POLICY_VIOLATION, "not allowed in this room")
             return
         self.room, self.user, self._key = room, user, self._room_key(room)
         broker = self.broker
@@ -331,19 +451,46 @@ class RoomEndpoint(Endpoint):
             slow_after=self.slow_after,
             room=local,
         )
+        handle = LoopHandle.current()
+
+        def kicked(code: int, reason: str) -> None:
+            handle.call(lambda: self._start_kick(websocket, code, reason))
+
+        inbox = Inbox(user, member.deliver, kicked, self.max_queue)
         try:
-            count = await self._membership.enter_async_context(self._member_of(local, member, user))
-            if self.max_members is not None and count > self.max_members:
-                await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, "room full")
-                return
-            if self.mode == "json":
-                presence = {"type": "presence", "room": room, "users": await broker.members(self._key)}
-                member.push_first(_json.dumps(presence))
-            self._start_writer(websocket, member)
-            self._announced = True
-            await self._notify(self.join_template, "join")
+            entry = await self._membership.enter_async_context(self._member_of(local, member, inbox))
         except BrokerError as exc:
             await self._broker_failed(websocket, exc)
+            return
+        if entry.refused is not None:
+            full = entry.refused == "room full"
+            code = CloseCode.TRY_AGAIN_LATER if full else CloseCode.POLICY_VIOLATION
+            await self._reject(websocket, code, entry.refused)
+            return
+        inbox.open(entry.after)
+        self._joined(member, entry)
+        self._start_writer(websocket, member)
+
+    def _joined(self, member: Member, entry: Entry) -> None:
+        """Queue what a member gets first: in json mode, the presence snapshot of its entry."""
+        if self.mode == "json":
+            presence = {"type": "presence", "room": self.room, "users": list(entry.users)}
+            member.push_first(_json.dumps(presence))
+
+    def _start_kick(self, websocket: WebSocket, code: int, reason: str) -> None:
+        """Close the connection with `code` and `reason` (a kick), from a task of its own loop."""
+        if self._kicked_with is not None or self.closed_by is not None:
+            return  # kicked twice, or closing anyway: the first close stands
+        self._kicked_with = (code, reason)
+        if self._start is None:
+            self._kick = asyncio.get_running_loop().create_task(self._kicked(websocket, code, reason))
+        else:
+            self._start(self._kicked, websocket, code, reason)
+
+    async def _kicked(self, websocket: WebSocket, code: int, reason: str) -> None:
+        logger.info("closing %s with %d: %s (user %r, kicked)", self._path(), code, reason, self.user)
+        with anyio.move_on_after(1):  # a stalled peer may never take the close frame
+            await websocket.close(code, reason)
 
     async def _broker_failed(self, websocket: WebSocket, exc: BrokerError) -> None:
         """Close 1013 after the broker failed on this member's path: a WARNING, never 1011, no traceback."""
@@ -352,15 +499,29 @@ class RoomEndpoint(Endpoint):
         await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
     @asynccontextmanager
-    async def _member_of(self, local: Room, member: Member, user: str) -> AsyncIterator[int]:
-        """Be in the room for the length of the context: subscribed, and in its presence; yield the head count."""
+    async def _member_of(self, local: Room, member: Member, inbox: Inbox) -> AsyncIterator[Entry]:
+        """Be in the room for the length of the context: subscribed through `inbox`, and in its presence.
+
+        Yields the broker's `Entry`; a refused member (`Entry.refused`) is subscribed only.
+        """
         broker = self.broker
-        async with local.joined(broker, member):
-            count = await broker.join(self._key, member.id, user)
+        async with local.joined(broker, member, inbox.deliver):
+            entry = await broker.enter(
+                self._key,
+                member.id,
+                inbox.user,
+                greeting=self._notice(self.join_template, "join"),
+                farewell=self._notice(self.leave_template, "leave"),
+                unique=self.unique_names,
+                max_members=self.max_members,
+            )
+            if entry.refused is not None:
+                yield entry
+                return
             try:
-                yield count
+                yield entry
             finally:
-                await broker.leave(self._key, member.id)
+                await broker.depart(self._key, member.id)
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -373,17 +534,18 @@ class RoomEndpoint(Endpoint):
         except Exception:
             await self._fail(websocket)
 
-    async def _notify(self, template: str | None, kind: str) -> None:
+    def _notice(self, template: str | None, kind: str) -> Message | None:
+        """Return the join or leave notice of this member, or None if there is none (or `presence_notices` is off)."""
         if not self.presence_notices:
-            return
+            return None
         if self.mode == "json":
             payload = self._envelope(kind, self.room, self.user)
         elif template is not None:
             payload = template.format(user=self.user, room=self.room)
         else:
-            return
+            return None
         assert self.member is not None
-        await self.broker.publish(self._key, Message(payload, sender=self.member.id))
+        return Message(payload, sender=self.member.id)
 
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         """Check the rate limit, then send the message to the other members (text mode: controls neutralised)."""
@@ -429,10 +591,8 @@ class RoomEndpoint(Endpoint):
         return False
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
-        """Leave the room: unsubscribe, drop out of presence, then tell the others."""
+        """Leave the room: drop out of presence (the broker tells the room if it was the user's last), unsubscribe."""
         try:
             await self._membership.aclose()
-            if self._announced:
-                await self._notify(self.leave_template, "leave")
         except BrokerError as exc:
             logger.warning("could not tell room %r that %r left: %s", self._key, self.user, exc)

@@ -38,7 +38,7 @@ import anyio
 import anyio.lowlevel
 
 from .._loop import LoopHandle, Waiter
-from ..brokers.base import Broker, Message
+from ..brokers.base import Broker, Deliver, Message
 
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
     from .member import Member
@@ -194,33 +194,37 @@ class Room:
         for handle, waiter in waiters:
             handle.call(waiter.set)
 
-    def joined(self, broker: Broker, member: Member) -> AbstractAsyncContextManager[None]:
+    def joined(
+        self, broker: Broker, member: Member, deliver: Deliver | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """Subscribe `member` to this room on `broker` for the length of the context, passing `paused`.
 
-        Brokers written before `paused` existed (a two-parameter `subscribe`) are called without it.
+        `deliver` (default: the member's own) is what the broker calls: the endpoints pass the
+        member's `Inbox`. Brokers written before `paused` existed (a two-parameter `subscribe`)
+        are called without it.
         """
-        return _Joined(self, broker, member)
+        return _Joined(self, broker, member, member.deliver if deliver is None else deliver)
 
 
 class _Joined:
     """`Room.joined()`: a class, not a generator, because every idle member holds one (0.4 KB less each, measured)."""
 
-    __slots__ = ("_broker", "_member", "_room", "_subscription")
+    __slots__ = ("_broker", "_deliver", "_member", "_room", "_subscription")
 
-    def __init__(self, room: Room, broker: Broker, member: Member) -> None:
-        self._room, self._broker, self._member = room, broker, member
+    def __init__(self, room: Room, broker: Broker, member: Member, deliver: Deliver) -> None:
+        self._room, self._broker, self._member, self._deliver = room, broker, member, deliver
         self._subscription: AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> None:
-        room, broker, member = self._room, self._broker, self._member
+        room, broker, deliver = self._room, self._broker, self._deliver
         try:
             if _takes_paused(type(broker)):
-                subscription = broker.subscribe(room.key, member.deliver, paused=room.paused)
+                subscription = broker.subscribe(room.key, deliver, paused=room.paused)
             else:
-                subscription = broker.subscribe(room.key, member.deliver)
+                subscription = broker.subscribe(room.key, deliver)
             await subscription.__aenter__()
         except BaseException:
-            room.discard(broker, member)
+            room.discard(broker, self._member)
             raise
         self._subscription = subscription
 

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 
 from ..._options import check_number, check_size, check_text
 from ...exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError
-from ..base import Broker, Deliver, Message
+from ..base import Broker, Deliver, Entry, Message
 from .connection import FAILED, Clients, Shared, logger, redact
 from .keys import Keys
 from .presence import Presence
@@ -212,7 +212,9 @@ class RedisBroker(Broker):
         """
         link, _ = await self._ready()
         self._seq += 1
-        meta, payload = encode_entry(message.payload, message.sender, self.process_id, self._seq)
+        meta, payload = encode_entry(
+            message.payload, message.sender, self.process_id, self._seq, message.to, message.close
+        )
         await link.writer.publish(self._shared.keys.room(room), meta, payload)
 
     @asynccontextmanager
@@ -246,22 +248,79 @@ class RedisBroker(Broker):
             TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
+        return (await self.enter(room, member, user)).count
+
+    async def enter(
+        self,
+        room: str,
+        member: str,
+        user: str,
+        *,
+        greeting: Message | None = None,
+        farewell: Message | None = None,
+        unique: bool = False,
+        max_members: int | None = None,
+    ) -> Entry:
+        """Add `member` named `user` to `room`'s presence, shared by every process, in one atomic step.
+
+        The greeting, if the name is new in the room, and the farewell, when its last member
+        leaves or drops out with its dead process, are appended to the room's stream by
+        the same step (see `scripts`), so each is sent once, however many processes serve the
+        name. `Entry.after` is the room's last stream entry as the member entered.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+            BrokerUnavailableError: If Redis cannot be reached.
+            TooManyRoomsError: If `room` would be a new room past `max_rooms`.
+            BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
+            UnicodeEncodeError: If a notice holds a lone surrogate.
+        """
         link, clients = await self._ready()
+        notices = [None if notice is None else self._notice_entry(notice) for notice in (greeting, farewell)]
         try:
-            return await link.presence.join(clients, room, member, user)
+            return await link.presence.enter(
+                clients,
+                room,
+                member,
+                user,
+                greeting=notices[0],
+                farewell=notices[1],
+                unique=unique,
+                max_members=max_members,
+            )
         except BrokerError:
             link.presence.forget(room, member)  # no round trip more on a failing path: the heartbeat sends it
             raise
+
+    def _notice_entry(self, notice: Message) -> tuple[bytes, bytes]:
+        """Return the stream entry (`meta`, `payload`) of a presence notice: `seq` 0, as it is never sent again."""
+        return encode_entry(notice.payload, notice.sender, self.process_id, 0)
+
+    async def depart(self, room: str, member: str) -> bool:
+        """Remove `member` from `room`'s presence; append its farewell if it was its name's last member.
+
+        Never raises: if Redis cannot be reached, the member is removed there (and the farewell
+        appended) once it can, and this returns False.
+        """
+        link = self._link
+        if link is None:  # never connected: no member is known
+            return False
+        return await link.presence.leave(self._still_connected(link), room, member)
+
+    async def publish_to(self, room: str, user: str, message: Message) -> int | None:
+        """Append `message`, addressed to `user`, to `room`'s stream; return None.
+
+        The members of `user` may be in any process: how many there are is not known here.
+        """
+        await self.publish(room, Message(message.payload, message.sender, None, user, message.close))
+        return None
 
     async def leave(self, room: str, member: str) -> None:
         """Remove `member` from `room`'s presence; never raises.
 
         If Redis cannot be reached, the member is removed there once it can.
         """
-        link = self._link
-        if link is None:  # never connected: no member is known
-            return
-        await link.presence.leave(self._still_connected(link), room, member)
+        await self.depart(room, member)
 
     async def members(self, room: str) -> list[str]:
         """Return the user names present in `room` in every live process, sorted, each once.
@@ -332,7 +391,10 @@ class RedisBroker(Broker):
             stream_ttl=self.stream_ttl,
             max_rooms=max_rooms,
         )
-        return _Link(loop, writer, Reader(self._shared, writer, self.read_bytes), Presence(self._shared, max_rooms))
+        presence = Presence(
+            self._shared, max_rooms, stream_maxlen=self.stream_maxlen, stream_ttl_ms=writer.stream_ttl_ms
+        )
+        return _Link(loop, writer, Reader(self._shared, writer, self.read_bytes), presence)
 
     def _client(self, role: str, socket_timeout: float) -> Redis:
         return Redis.from_url(

@@ -5,6 +5,7 @@ Where `{p}` is the `prefix` and `{room}` the room name percent-encoded (so that 
 
 - `{p}:room:{room}`: the room's stream (see `wire`);
 - `{p}:members:{room}`: the room's presence hash (see `presence`);
+- `{p}:names:{room}`: how many members each user name has in the room (see `scripts`);
 - `{p}:process:{id}`: a process's heartbeat;
 - `{p}:rooms`: a sorted set of the rooms' stream keys, each scored with when it expires, which
   `max_rooms` counts (see `writer`);
@@ -34,6 +35,8 @@ class Keys:
     def __init__(self, prefix: str, process_id: str) -> None:
         self.prefix = prefix
         self.heartbeat = self.heartbeat_of(process_id)
+        self.heartbeats = self._key("process", "")
+        """The beginning of every process's heartbeat key, which the presence scripts end with its id."""
         self.writer = self._key("writer", process_id)
         self.wake = self._key("wake", process_id)
         self.rooms = f"{prefix}:rooms".encode("utf-8", "surrogatepass")
@@ -48,6 +51,10 @@ class Keys:
     def members(self, room: str) -> bytes:
         """Return the key of `room`'s presence hash."""
         return self._key("members", quote(room.encode("utf-8", "surrogatepass"), safe=""))
+
+    def names(self, room: str) -> bytes:
+        """Return the key of `room`'s count of members per user name."""
+        return self._key("names", quote(room.encode("utf-8", "surrogatepass"), safe=""))
 
     def heartbeat_of(self, process_id: str) -> bytes:
         """Return the key of the heartbeat of the process `process_id`."""

@@ -2,9 +2,12 @@
 
 - `{p}:members:{room}`: a hash per room, member id -> presence entry (see `wire`), expiring
   `presence_ttl` after this process last refreshed it;
+- `{p}:names:{room}`: a hash per room, user name -> how many members have it, kept with the
+  members by the scripts in `scripts`, which also append the greetings and farewells;
 - `{p}:process:{id}`: the process's heartbeat, refreshed every `presence_ttl / 3` seconds and
   expiring after `presence_ttl`. Members of a process whose heartbeat is gone (killed, or hung)
-  are pruned by whoever counts the room next.
+  are pruned by whoever counts the room next, and at every heartbeat by each process with
+  members in the room: the farewells of the names that leave with them are appended once.
 
 A leave that Redis could not take is remembered and sent with the next heartbeat. If the
 heartbeat was gone (Redis lost its data, or this process hung), the process writes all its
@@ -15,14 +18,18 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from ... import _json
 from ...exceptions import TooManyRoomsError
+from ..base import Entry
 from .connection import FAILED, Clients, Shared, reaching_redis
-from .wire import encode_presence, parse_presence
+from .scripts import DEPART, ENTER, PRUNE, RESTORE
+from .wire import encode_presence, text
 
 __all__ = ["Presence"]
 
@@ -32,19 +39,54 @@ class Presence:
 
     Args:
         shared: The broker's settings and counters.
+        max_rooms: Most rooms with a stream or members at once, per prefix; 0 for no limit.
+        stream_maxlen: About how many messages each room's stream keeps (for the notices).
+        stream_ttl_ms: Milliseconds after its last message that a room's stream is deleted.
     """
 
-    def __init__(self, shared: Shared, max_rooms: int) -> None:
+    def __init__(
+        self, shared: Shared, max_rooms: int = 0, *, stream_maxlen: int = 1_000, stream_ttl_ms: int = 3_600_000
+    ) -> None:
         self.shared = shared
         self.max_rooms = max_rooms
+        self.stream_maxlen = stream_maxlen
+        self.stream_ttl_ms = stream_ttl_ms
         self.beat_value = _json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
-        self.local: dict[str, dict[str, str]] = {}
-        """Room -> member -> user, for the members of this process."""
+        self.local: dict[str, dict[str, tuple[str, bytes]]] = {}
+        """Room -> member -> (user, presence entry), for the members of this process."""
         self.pending_leaves: set[tuple[str, str]] = set()
         """Leaves Redis could not take yet: `(room, member)`."""
+        self._scripts: dict[str, AsyncScript] = {}
 
-    async def join(self, clients: Clients, room: str, member: str, user: str) -> int:
-        """Add `member` named `user` to `room`; return how many live members `room` has.
+    def _script(self, clients: Clients, source: str) -> AsyncScript:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = clients.commands.register_script(source)
+        return script
+
+    def _keys(self, room: str) -> list[bytes]:
+        keys = self.shared.keys
+        return [keys.members(room), keys.names(room), keys.room(room), keys.rooms]
+
+    def _notice_args(self) -> list[Any]:
+        """What every script takes first: where heartbeats are, and how to append a notice."""
+        return [self.shared.keys.heartbeats, self.stream_maxlen, self.stream_ttl_ms, self.max_rooms]
+
+    async def enter(
+        self,
+        clients: Clients,
+        room: str,
+        member: str,
+        user: str,
+        *,
+        greeting: tuple[bytes, bytes] | None = None,
+        farewell: tuple[bytes, bytes] | None = None,
+        unique: bool = False,
+        max_members: int | None = None,
+    ) -> Entry:
+        """Add `member` named `user` to `room`, appending `greeting` if the name is new there (see `ENTER`).
+
+        `greeting` and `farewell` are stream entries, `(meta, payload)`.
 
         Raises:
             TooManyRoomsError: If `room` would be a new room past `max_rooms`.
@@ -52,28 +94,44 @@ class Presence:
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
         shared = self.shared
-        key = shared.keys.members(room)
-        self.local.setdefault(room, {})[member] = user
-        with reaching_redis(shared.safe_url):
-            if self.max_rooms and not await self._reserve(clients, room):
-                raise TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})")
-            async with clients.commands.pipeline(transaction=False) as pipe:
-                pipe.set(shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms, get=True)
-                pipe.hset(key, member, encode_presence(user, shared.process_id))
-                pipe.pexpire(key, shared.ttl_ms)
-                previous, _, _ = await pipe.execute()
-            if previous is None:
-                await self.register(clients.commands)
-            return len(await self._alive(clients, room))
-
-    async def leave(self, clients: Clients | None, room: str, member: str) -> None:
-        """Remove `member` from `room`, in Redis unless `clients` is None (closing); never raises."""
-        if not self._drop(room, member) or clients is None:
-            return
+        entry = encode_presence(user, shared.process_id, farewell)
+        args = [*self._notice_args(), shared.ttl_ms, member, entry, user, "1" if unique else ""]
+        args += ["" if max_members is None else max_members, *(greeting or (b"", b""))]
         try:
-            await clients.commands.hdel(self.shared.keys.members(room), member)
+            with reaching_redis(shared.safe_url):
+                if self.max_rooms and not await self._reserve(clients, room):
+                    raise TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})")
+                previous = await clients.commands.set(
+                    shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms, get=True
+                )
+                if previous is None:
+                    await self.register(clients.commands)
+                reply = await self._script(clients, ENTER)(keys=self._keys(room), args=args)
+        except BaseException:
+            self.pending_leaves.add((room, member))  # in case Redis took it before the reply was lost
+            raise
+        refused, count, first, after, names, malformed = reply
+        self._skip_malformed(room, malformed)
+        if not refused:
+            self.local.setdefault(room, {})[member] = (user, entry)
+        reason = text(refused) or None
+        return Entry(0 if reason else int(count), bool(first), tuple(sorted(map(text, names))), text(after), reason)
+
+    async def leave(self, clients: Clients | None, room: str, member: str) -> bool:
+        """Remove `member` from `room`, in Redis unless `clients` is None (closing); never raises.
+
+        Returns:
+            Whether it was its name's last member (its farewell was appended); False if Redis
+            could not be reached (the leave is sent again with the next heartbeat).
+        """
+        if not self._drop(room, member) or clients is None:
+            return False
+        try:
+            last = await self._script(clients, DEPART)(keys=self._keys(room), args=[*self._notice_args(), member])
         except FAILED:
             self.pending_leaves.add((room, member))
+            return False
+        return bool(last)
 
     def forget(self, room: str, member: str) -> None:
         """Remove `member` from `room` here at once, and from Redis with the next heartbeat."""
@@ -98,20 +156,29 @@ class Presence:
             BrokerError: If Redis refuses, e.g. because the room's presence key holds something else.
         """
         with reaching_redis(self.shared.safe_url):
-            return sorted(set(await self._alive(clients, room)))
+            names, malformed = await self._script(clients, PRUNE)(keys=self._keys(room), args=self._notice_args())
+        self._skip_malformed(room, malformed)
+        return sorted(map(text, names))
+
+    def _skip_malformed(self, room: str, malformed: list[bytes]) -> None:
+        for value in malformed:
+            self.shared.skip_malformed("presence entry", self.shared.keys.members(room), value)
 
     async def beat(self, clients: Clients) -> None:
-        """Refresh the heartbeat, the writer's mark and this process's rooms; send missed leaves."""
+        """Refresh the heartbeat, the writer's mark and this process's rooms; prune them; send missed leaves."""
         shared = self.shared
         rooms = list(self.local)
         leaves = list(self.pending_leaves)
+        prune, depart = self._script(clients, PRUNE), self._script(clients, DEPART)
         async with clients.commands.pipeline(transaction=False) as pipe:
             pipe.set(shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms, get=True)
             pipe.pexpire(shared.keys.writer, shared.ttl_ms)  # refreshed, never made again: the writer's work
             for room_name in rooms:
                 pipe.pexpire(shared.keys.members(room_name), shared.ttl_ms)
+                pipe.pexpire(shared.keys.names(room_name), shared.ttl_ms)
+                await prune(keys=self._keys(room_name), args=self._notice_args(), client=pipe)
             for room_name, member in leaves:
-                pipe.hdel(shared.keys.members(room_name), member)
+                await depart(keys=self._keys(room_name), args=[*self._notice_args(), member], client=pipe)
             if self.max_rooms:
                 for room_name in rooms:
                     await self._reserve(clients, room_name, pipe)
@@ -126,44 +193,26 @@ class Presence:
         return bool(await clients.reserve(keys=keys, args=[self.max_rooms, self.shared.ttl_ms], client=pipe))
 
     async def register(self, commands: Redis) -> None:
-        """Write the heartbeat and every member of this process."""
+        """Write the heartbeat and every member of this process (those Redis lost)."""
         shared = self.shared
+        restore = self._scripts.get(RESTORE) or commands.register_script(RESTORE)
+        self._scripts[RESTORE] = restore
         async with commands.pipeline(transaction=False) as pipe:
             pipe.set(shared.keys.heartbeat, self.beat_value, px=shared.ttl_ms)
             for room, present in self.local.items():
-                key = shared.keys.members(room)
-                entries = {member: encode_presence(user, shared.process_id) for member, user in present.items()}
-                pipe.hset(key, mapping=entries)  # type: ignore[arg-type]
-                pipe.pexpire(key, shared.ttl_ms)
+                args: list[Any] = [shared.ttl_ms]
+                for member, (user, entry) in present.items():
+                    args += [member, entry, user]
+                await restore(keys=[shared.keys.members(room), shared.keys.names(room)], args=args, client=pipe)
             await pipe.execute()
 
     async def goodbye(self, clients: Clients) -> None:
-        """Remove this process's keys and members from Redis."""
+        """Remove this process's keys and members from Redis, appending the farewells of names that leave."""
         keys = self.shared.keys
+        depart = self._script(clients, DEPART)
         async with clients.commands.pipeline(transaction=False) as pipe:
             pipe.delete(keys.heartbeat, keys.writer, keys.wake)
             for room, present in self.local.items():
-                pipe.hdel(keys.members(room), *present)
+                for member in present:
+                    await depart(keys=self._keys(room), args=[*self._notice_args(), member], client=pipe)
             await pipe.execute()
-
-    async def _alive(self, clients: Clients, room: str) -> list[str]:
-        """Return the users of `room`'s live members (one per member), pruning those of dead processes."""
-        key = self.shared.keys.members(room)
-        raw: dict[bytes, bytes] = await clients.commands.hgetall(key)  # type: ignore[assignment]
-        entries: list[tuple[bytes, str, str]] = []
-        for member, value in raw.items():
-            parsed = parse_presence(value)
-            if parsed is None:
-                self.shared.skip_malformed("presence entry", key, value)
-            else:
-                entries.append((member, *parsed))
-        processes = sorted({process for _, _, process in entries})
-        async with clients.commands.pipeline(transaction=False) as pipe:
-            for process in processes:
-                pipe.exists(self.shared.keys.heartbeat_of(process))
-            beating = await pipe.execute()
-        dead = {process for process, count in zip(processes, beating, strict=True) if not count}
-        gone = [member for member, _, process in entries if process in dead]
-        if gone:
-            await clients.commands.hdel(key, *gone)
-        return [user for _, user, process in entries if process not in dead]

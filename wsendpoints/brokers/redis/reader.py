@@ -267,14 +267,14 @@ class Reader:
                 if parsed is None:
                     self.shared.skip_malformed("stream entry", key, fields)
                     continue
-                payload, sender, origin, seq = parsed
+                payload, sender, origin, seq, to, close = parsed
                 last = room.seen.pop(origin, 0)
                 room.seen[origin] = max(last, seq)
                 if len(room.seen) > _ORIGINS:
                     del room.seen[next(iter(room.seen))]
-                if seq <= last:  # sent again after Redis lost its data, and we had it
+                if 0 < seq <= last:  # sent again after Redis lost its data, and we had it (0: a presence notice)
                     continue
-                message = Message(payload, sender, raw_id.decode())
+                message = Message(payload, sender, raw_id.decode(), to, close)
                 for deliver in tuple(room.delivers):
                     try:
                         deliver(message)

@@ -24,7 +24,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from ...exceptions import BrokerError, TooManyRoomsError
 from .connection import FAILED, Backoff, Clients, Shared, logger
 
-__all__ = ["APPEND", "RESERVE", "Writer"]
+__all__ = ["APPEND", "RESERVE", "ROOMS_LUA", "Writer"]
 
 _BATCH = 500
 """Most messages appended to Redis in one round trip."""
@@ -32,7 +32,7 @@ _BATCH = 500
 _REPLAY_SECONDS = 1.0
 """After Redis lost its data, messages it confirmed this long before the loss are sent again."""
 
-_ROOMS_LUA = """
+ROOMS_LUA = """
 local function now_ms()
   local now = redis.call('TIME')
   return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -65,7 +65,7 @@ end
 """
 
 APPEND = (
-    _ROOMS_LUA
+    ROOMS_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
@@ -137,7 +137,7 @@ for no limit) in the sorted set KEYS[2].
 """
 
 RESERVE = (
-    _ROOMS_LUA
+    ROOMS_LUA
     + """
 local max_rooms, expires = tonumber(ARGV[1]), now_ms() + tonumber(ARGV[2])
 if not admit(KEYS[1], KEYS[2], max_rooms, now_ms()) then
