@@ -22,17 +22,17 @@ class Forgetful(MemoryBroker):
         super().__init__()
         self.count = 0
 
-    async def publish(self, room: str, message: Message) -> None:
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
         self.count += 1
         if self.count % 10:
-            await super().publish(room, message)
+            await super().publish(room, message, history_size=history_size, history_ttl=history_ttl)
 
 
 class LeakyRooms(MemoryBroker):
     """Breaks the contract: rooms that share a prefix share messages."""
 
-    async def publish(self, room: str, message: Message) -> None:
-        await super().publish(room[:7], message)
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
+        await super().publish(room[:7], message, history_size=history_size, history_ttl=history_ttl)
 
 
 class NeverClosed(MemoryBroker):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["Broker", "Deliver", "Message"]
+__all__ = ["Broker", "Deliver", "History", "Message"]
 
 B = TypeVar("B", bound="Broker")
 
@@ -21,13 +21,29 @@ class Message:
     Attributes:
         payload: The text frame the members receive, encoded once for all of them.
         sender: The id of the publishing member, which does not receive it; None reaches everyone.
-        id: The broker's id for the message within its room, where the broker assigns one
-            (reserved for history and recovery on reconnect); None otherwise.
+        id: The broker's id for the message within its room, unique and ordered there (see
+            `Broker.position`). A broker sets it on every message it delivers or returns from
+            `Broker.history`; what a publisher passes is ignored.
     """
 
     payload: str
     sender: str | None = None
     id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What `Broker.history` found of a room's recent messages.
+
+    Attributes:
+        messages: The messages, oldest first, each with its `id`.
+        recovered: Whether the history answers the question: with `since`, that id is still in
+            the room's history (so `messages` is everything published after it, up to `limit`);
+            without, that the broker keeps a history of this room at all.
+    """
+
+    messages: list[Message]
+    recovered: bool
 
 
 Deliver = Callable[[Message], None]
@@ -46,6 +62,11 @@ class Broker(ABC):
     - nothing from another room, and nothing after its subscription ended;
     - a `deliver` callback that raises is logged and does not affect other subscribers.
 
+    Each delivered message carries an `id` from the broker, unique and ordered within its room
+    (`position`). A broker that keeps history (`history`, as much as `publish` asks for) lets a
+    member that reconnects recover what it missed; one that keeps none inherits defaults that
+    say so, and its members are told that recovery was not possible.
+
     Presence counts members (connections) with a user name each; several members may share
     a name. Every broker passes `wsendpoints.testing.check_broker`.
 
@@ -58,8 +79,15 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    async def publish(self, room: str, message: Message) -> None:
-        """Send `message` to every subscriber of `room`.
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
+        """Send `message` to every subscriber of `room`, with the id the broker gives it.
+
+        Args:
+            room: The room.
+            message: What to send; its `id` is ignored: subscribers get a copy with the broker's.
+            history_size: Keep at least this many of `room`'s latest messages for `history`
+                (0: the publisher needs none).
+            history_ttl: Keep them at least this many seconds after `room`'s latest message.
 
         Raises:
             BrokerClosedError: If the broker was closed.
@@ -99,6 +127,31 @@ class Broker(ABC):
     @abstractmethod
     async def members(self, room: str) -> list[str]:
         """Return the user names present in `room`, sorted, each once."""
+
+    # History and recovery: a broker that keeps no history need not override these.
+
+    async def history(self, room: str, since: str | None = None, limit: int | None = None) -> History:
+        """Return `room`'s kept messages, oldest first: those after `since`, else the latest.
+
+        Without `since`, the latest `limit` messages (all kept if None). With `since`, the first
+        `limit` messages published after the message of that id, and `recovered` False (with no
+        messages) when that id is no longer kept, is another broker's (or another run's), or is
+        not an id at all: never an error.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+            BrokerError: If the backend cannot be read.
+        """
+        return History([], recovered=False)
+
+    def position(self, message_id: str) -> tuple[int, ...] | None:
+        """Return where the message `message_id` stands in its room: later messages have greater positions.
+
+        Returns None for a string that is not an id this broker gives (garbage, or an id of
+        another broker or of an earlier run of this one). Recovery uses it to drop, at the
+        boundary between history and live messages, those a member already has.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - a broker without resources need not override it
         """Release the broker's resources; publishing afterwards raises `BrokerClosedError`."""
