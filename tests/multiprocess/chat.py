@@ -23,13 +23,17 @@ __all__ = ["make_app"]
 
 
 def make_app() -> Starlette:
-    """Serve rooms at /rooms/{room}/{user}, GET /members/{room} and POST /broadcast/{room} (body: the text)."""
+    """Serve rooms at /rooms/{room}/{user}, GET /members/{room} and POST /broadcast/{room} (body: the text).
+
+    JSON-mode rooms, which resume from `?since=`, are at /json/{room}/{user}.
+    """
     broker = RedisBroker(
         os.environ["MULTIPROCESS_REDIS_URL"],
         presence_ttl=float(os.environ["MULTIPROCESS_PRESENCE_TTL"]),
         max_backoff=0.5,
     )
     chat = RoomEndpoint.configure(broker=broker)
+    json_chat = RoomEndpoint.configure(broker=broker, mode="json", namespace="json")
 
     async def members(request: Request) -> JSONResponse:
         return JSONResponse(await chat.members(request.path_params["room"]))
@@ -46,6 +50,7 @@ def make_app() -> Starlette:
     return Starlette(
         routes=[
             WebSocketRoute("/rooms/{room}/{user}", chat),
+            WebSocketRoute("/json/{room}/{user}", json_chat),
             Route("/members/{room}", members),
             Route("/broadcast/{room}", broadcast, methods=["POST"]),
         ],
