@@ -13,6 +13,7 @@ from tests.envelopes import unid
 from tests.redis_server import RedisServer
 from wsendpoints import MemoryBroker, testing
 from wsendpoints.demo import HEADERS, REDIS_URL_ENV, STATIC_FILES, create_app
+from wsendpoints.demo.app import RECENT_MESSAGES
 from wsendpoints.exceptions import BrokerClosedError
 
 STATIC = files("wsendpoints.demo") / "static"
@@ -127,6 +128,21 @@ def test_demo_closes_its_broker_on_shutdown() -> None:
         assert client.get("/").status_code == 200
     with pytest.raises(BrokerClosedError):
         anyio.run(app.state.room.broadcast, "lobby", "after shutdown")
+
+
+def test_demo_serves_a_rooms_latest_messages_over_http(client_factory: ClientFactory) -> None:
+    app = create_app()
+    client = client_factory(app)
+    assert client.get("/rooms/lobby/history").json() == {"room": "lobby", "messages": []}
+    for n in range(RECENT_MESSAGES + 1):
+        anyio.run(app.state.room.broadcast, "lobby", f"m{n}")
+    response = client.get("/rooms/lobby/history")
+    messages = response.json()["messages"]
+    assert [m["text"] for m in messages] == [f"m{n}" for n in range(1, RECENT_MESSAGES + 1)]
+    assert all(m["id"] for m in messages)
+    assert response.headers["Content-Security-Policy"] == HEADERS["Content-Security-Policy"]
+    response = client.get("/rooms/no%20such/history")
+    assert (response.status_code, response.text) == (400, "invalid room name")
 
 
 def test_demo_lists_a_rooms_members_over_http(client_factory: ClientFactory) -> None:
