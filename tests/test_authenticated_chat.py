@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from examples import authenticated_chat
+from tests.envelopes import unid
 from wsendpoints import CloseCode
 from wsendpoints.testing import assert_no_message, expect_close, receive_json
 
@@ -45,9 +46,9 @@ def test_authenticated_chat_takes_the_name_from_the_session(log_in: ExitStack) -
         assert receive_json(bob_ws) == {"type": "presence", "room": room, "users": ["bob"]}
         with carol.websocket_connect(f"/rooms/{room}") as carol_ws:
             assert receive_json(carol_ws)["users"] == ["bob", "carol"]
-            assert receive_json(bob_ws) == {"type": "join", "room": room, "user": "carol"}
+            assert unid(receive_json(bob_ws)) == {"type": "join", "room": room, "user": "carol"}
             carol_ws.send_json({"text": "hi"})
-            assert receive_json(bob_ws) == {"type": "message", "room": room, "user": "carol", "text": "hi"}
+            assert unid(receive_json(bob_ws)) == {"type": "message", "room": room, "user": "carol", "text": "hi"}
 
 
 def test_authenticated_chat_closes_without_a_log_in(log_in: ExitStack) -> None:
@@ -75,13 +76,13 @@ def test_authenticated_chat_moderator_sends_to_one_user_and_kicks(log_in: ExitSt
     mod, alice, bob = logged_in(log_in, "mod"), logged_in(log_in, "alice"), logged_in(log_in, "bob")
     with alice.websocket_connect(f"/rooms/{room}") as alice_ws, bob.websocket_connect(f"/rooms/{room}") as bob_ws:
         assert receive_json(alice_ws)["type"] == "presence"
-        assert receive_json(alice_ws) == {"type": "join", "room": room, "user": "bob"}
+        assert unid(receive_json(alice_ws)) == {"type": "join", "room": room, "user": "bob"}
         assert receive_json(bob_ws)["users"] == ["alice", "bob"]
         assert mod.post(f"/rooms/{room}/send/alice", content="your export is ready").status_code == 202
         assert receive_json(alice_ws) == {"type": "direct", "room": room, "text": "your export is ready"}
         assert mod.post(f"/rooms/{room}/kick/alice").status_code == 202
         assert expect_close(alice_ws) == (CloseCode.POLICY_VIOLATION, "removed by a moderator")
-        assert receive_json(bob_ws) == {"type": "leave", "room": room, "user": "alice"}
+        assert unid(receive_json(bob_ws)) == {"type": "leave", "room": room, "user": "alice"}
         assert_no_message(bob_ws)
     assert mod.post("/rooms/bad room/send/alice", content="x").status_code == 400
     assert mod.post("/rooms/lobby/kick/a b").status_code == 400

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .brokers import Broker, MemoryBroker, Message
+from .brokers import Broker, History, MemoryBroker, Message
 from .closecodes import CloseCode, describe_close_code
 from .endpoints import EchoEndpoint, Endpoint, OKEndpoint, RoomEndpoint
 from .exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError, TooManyRoomsError, WSEndpointsError
@@ -17,6 +17,7 @@ __all__ = [
     "CloseCode",
     "EchoEndpoint",
     "Endpoint",
+    "History",
     "MemoryBroker",
     "Message",
     "OKEndpoint",

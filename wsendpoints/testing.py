@@ -27,7 +27,6 @@ from starlette.testclient import WebSocketTestSession
 from starlette.types import Message as ASGIMessage
 
 from .brokers import Broker, Message
-from .brokers.base import message_order
 from .exceptions import BrokerClosedError
 
 __all__ = [
@@ -198,8 +197,11 @@ class Collector:
         return [message.payload for message in self.messages]
 
 
-async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounds each wait, not the call
+async def check_broker(broker: Broker, timeout: float = 5.0, *, history: bool = True) -> None:  # noqa: ASYNC109 - bounds each wait, not the call
     """Check that `broker` keeps the contract of `wsendpoints.Broker`; close it at the end.
+
+    With `history` (the default) it also checks message ids, `history` and `position`, which
+    a broker needs for members to resume; pass False for a broker that keeps no history.
 
     Run it against a new broker, in the event loop the broker will serve:
 
@@ -265,6 +267,9 @@ async def check_broker(broker: Broker, timeout: float = 5.0) -> None:  # noqa: A
     assert await broker.members(rooms[1]) == []
     await _check_names(broker, room, timeout)
 
+    if history:
+        await _check_history(broker, timeout)
+
     await broker.aclose()
     try:
         await broker.publish(room, Message("after close"))
@@ -308,9 +313,10 @@ async def _check_names(broker: Broker, room: str, timeout: float) -> None:  # no
         entry = await broker.enter(room, "c1", "cleo")
         await broker.publish(room, Message("after cleo"))
         await heard.wait_for(4, timeout)
-        if entry.after is not None:
-            ids = [message_order(message.id or "0") for message in heard.messages]
-            assert max(ids[:3]) <= message_order(entry.after) < ids[3], "Entry.after must mark where cleo entered"
+        after = None if entry.after is None else broker.position(entry.after)
+        if after is not None:  # members skip by `position`: a broker without it makes them skip nothing
+            ids = [broker.position(message.id or "") or () for message in heard.messages]
+            assert max(ids[:3]) <= after < ids[3], "Entry.after must mark where cleo entered"
 
         assert await broker.publish_to(room, "dora", Message("psst")) in (0, None)
         for member in ("d1", "d2"):
@@ -322,3 +328,38 @@ async def _check_names(broker: Broker, room: str, timeout: float) -> None:  # no
         for member in ("c1", "d1", "d2"):
             await broker.depart(room, member)
     assert await broker.members(room) == []
+
+
+async def _check_history(broker: Broker, timeout: float) -> None:  # noqa: ASYNC109 - bounds each wait, not the call
+    """Check ids, `history` and `position`: what resuming members need."""
+    room, other = "check/history", "check/history-other"
+    collector = Collector()
+    async with broker.subscribe(room, collector):
+        for n in range(5):
+            message = Message(f"h{n}", sender="member-h", id="ignored")
+            await broker.publish(room, message, history_size=3, history_ttl=60)
+        await collector.wait_for(5, timeout)
+    ids = [message.id for message in collector.messages]
+    assert all(isinstance(message_id, str) and message_id for message_id in ids), f"messages need ids, got {ids}"
+    assert len(set(ids)) == 5, f"ids must be unique in a room, got {ids}"
+    known = [broker.position(str(message_id)) for message_id in ids]
+    positions = [position for position in known if position is not None]
+    assert len(positions) == 5, "position() must know the broker's own ids"
+    assert positions == sorted(positions), "position() must follow the room's order"
+    assert broker.position("not an id") is None, "position() of a string that is no id must be None"
+
+    latest = await broker.history(room)
+    assert latest.recovered, "history() without since must say it keeps history"
+    assert latest.messages[-3:] == collector.messages[-3:], "history() must keep history_size messages, oldest first"
+    assert (await broker.history(room, limit=2)).messages == collector.messages[3:], "limit keeps the latest"
+    after = await broker.history(room, since=ids[2])
+    assert after.recovered
+    assert after.messages == collector.messages[3:], "history(since=) must return what came after that id"
+    assert (await broker.history(room, since=ids[2], limit=1)).messages == collector.messages[3:4], (
+        "history(since=, limit=) must return the first messages after that id"
+    )
+    assert (await broker.history(room, since=ids[4])).messages == [], "nothing came after the latest id"
+    for unknown in ("not an id", ids[4]):
+        found = await broker.history(other, since=unknown)
+        assert (found.recovered, found.messages) == (False, []), f"history(since={unknown!r}) must not recover"
+    assert (await broker.history(other)).messages == [], "another room's history must be empty"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 import pytest
@@ -25,17 +26,17 @@ class Forgetful(MemoryBroker):
         super().__init__()
         self.count = 0
 
-    async def publish(self, room: str, message: Message) -> None:
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
         self.count += 1
         if self.count % 10:
-            await super().publish(room, message)
+            await super().publish(room, message, history_size=history_size, history_ttl=history_ttl)
 
 
 class LeakyRooms(MemoryBroker):
     """Breaks the contract: rooms that share a prefix share messages."""
 
-    async def publish(self, room: str, message: Message) -> None:
-        await super().publish(room[:7], message)
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
+        await super().publish(room[:7], message, history_size=history_size, history_ttl=history_ttl)
 
 
 class NeverClosed(MemoryBroker):
@@ -46,18 +47,18 @@ class NeverClosed(MemoryBroker):
 class GreetsEveryone(MemoryBroker):
     """Breaks the contract: every member is its name's first."""
 
-    async def enter(self, room: str, member: str, user: str, **options: Message | bool | int | None) -> Entry:
+    async def enter(self, room: str, member: str, user: str, **options: Message | bool | float | None) -> Entry:
         entry = await super().enter(room, member, user, **options)  # type: ignore[arg-type]
         return Entry(entry.count, True, entry.users, entry.after, entry.refused)
 
 
 class Plain(Broker):
-    """A broker with only the five abstract methods, as written before presence per name: defaults do the rest."""
+    """A broker with only the five abstract methods, written before presence per name and history."""
 
     def __init__(self) -> None:
         self.inner = MemoryBroker()
 
-    async def publish(self, room: str, message: Message) -> None:
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
         await self.inner.publish(room, message)
 
     @asynccontextmanager
@@ -81,7 +82,7 @@ class Plain(Broker):
 
 
 def test_a_broker_with_the_default_presence_per_name_passes_the_contract() -> None:
-    anyio.run(check_broker, Plain())
+    anyio.run(partial(check_broker, Plain(), history=False))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ unless told to.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +24,16 @@ from tests.servers import UvicornThread
 from wsendpoints.demo import create_app
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Expect, Locator, Page
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Dialog,
+        Expect,
+        Locator,
+        Page,
+        WebSocketRoute,
+    )
 
 pytestmark = [pytest.mark.browser, pytest.mark.anyio]
 
@@ -256,6 +267,84 @@ async def test_chat_page_keeps_a_name_present_while_another_connection_has_it(
         ["ann joined the chat", "ann: from the second tab", "ann: still here", "ann left the chat"]
     )
     await expect(bob.presence).to_have_text(["bob"])
+
+
+async def test_chat_page_resumes_after_its_connection_is_cut(open_page: OpenPage, expect: Expect) -> None:
+    """bob's connection is cut; ann sends while bob is away; bob reconnects and shows every message once."""
+    room = new_room()
+    ann = await open_page(f"/chat.html?room={room}&user=ann")
+    await expect(ann.presence).to_have_text(["ann"])
+    connections: list[tuple[str, WebSocketRoute, WebSocketRoute]] = []
+    may_reconnect = asyncio.Event()
+
+    async def through(route: WebSocketRoute) -> None:
+        if connections:  # a reconnection: held until ann has sent what bob will have missed
+            await may_reconnect.wait()
+        connections.append((route.url, route, route.connect_to_server()))
+
+    bob = await open_page("/")
+    await bob.page.route_web_socket(re.compile(r"/rooms/"), through)
+    await bob.page.goto(f"{bob.page.url}chat.html?room={room}&user=bob")
+    await expect(ann.presence).to_have_text(["ann", "bob"])
+    await ann.send("one")
+    await expect(bob.log.last).to_have_text("ann: one")
+
+    url, page_side, server_side = connections[0]
+    assert "since=" not in url
+    await server_side.close(code=1000, reason="cut")
+    await page_side.close(code=4000, reason="cut")
+    await expect(bob.log.last).to_have_text("connection closed: 4000 cut")
+    await expect(ann.log.last).to_have_text("bob left the chat")
+    await ann.send("two")
+    await ann.send("three")
+    may_reconnect.set()
+    await expect(ann.log.last).to_have_text("bob joined the chat")
+    await ann.send("four")
+    await expect(bob.log).to_have_text(
+        [
+            "ann: one",
+            "connection closed: 4000 cut",
+            "reconnected: 2 messages sent meanwhile",
+            "ann: two",
+            "ann: three",
+            "ann: four",
+        ]
+    )
+    assert "since=" in connections[1][0]
+
+
+async def test_chat_page_says_when_messages_could_not_be_recovered(open_page: OpenPage, expect: Expect) -> None:
+    """It then shows the room's latest messages from the server's history route, none twice, not its own."""
+    room = new_room()
+    ann = await open_page(f"/chat.html?room={room}&user=ann")
+    await expect(ann.presence).to_have_text(["ann"])
+    await ann.send("before")
+    connections: list[WebSocketRoute] = []
+
+    def answer(route: WebSocketRoute) -> None:
+        """A server of our own, which could not recover the first time it is asked to."""
+        connections.append(route)
+        route.send(json.dumps({"type": "presence", "room": room, "users": ["bob"]}))
+        if len(connections) == 1:
+            route.send(json.dumps({"type": "message", "room": room, "user": None, "text": "hi", "id": "a-1"}))
+        else:
+            route.send(json.dumps({"type": "resume", "room": room, "recovered": False, "missed": 0}))
+
+    bob = await open_page("/")
+    await bob.page.route_web_socket(re.compile(r"/rooms/"), answer)
+    await bob.page.goto(f"{bob.page.url}chat.html?room={room}&user=bob")
+    await expect(bob.log).to_have_text(["server: hi"])
+    await connections[0].close(code=4000, reason="cut")
+    await expect(bob.log).to_have_text(
+        [
+            "server: hi",
+            "connection closed: 4000 cut",
+            "reconnected, but messages sent meanwhile could not be recovered",
+            "ann joined the chat",
+            "ann: before",
+        ]
+    )
+    assert connections[1].url.endswith("?since=a-1")
 
 
 async def test_chat_page_reads_the_members_once_for_a_burst_of_leaves(

@@ -9,9 +9,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import ClientFactory
+from tests.envelopes import unid
 from tests.redis_server import RedisServer
 from wsendpoints import MemoryBroker, testing
 from wsendpoints.demo import HEADERS, REDIS_URL_ENV, STATIC_FILES, create_app
+from wsendpoints.demo.app import RECENT_MESSAGES
 from wsendpoints.exceptions import BrokerClosedError
 
 STATIC = files("wsendpoints.demo") / "static"
@@ -90,12 +92,12 @@ def test_demo_rooms_speak_json_with_presence_and_notices(client_factory: ClientF
         assert testing.receive_json(ann) == {"type": "presence", "room": "lobby", "users": ["ann"]}
         with client.websocket_connect("/rooms/lobby/bob") as bob:
             assert testing.receive_json(bob) == {"type": "presence", "room": "lobby", "users": ["ann", "bob"]}
-            assert testing.receive_json(ann) == {"type": "join", "room": "lobby", "user": "bob"}
+            assert unid(testing.receive_json(ann)) == {"type": "join", "room": "lobby", "user": "bob"}
             bob.send_json({"text": "<img src=x onerror=alert(1)>"})
             message = {"type": "message", "room": "lobby", "user": "bob", "text": "<img src=x onerror=alert(1)>"}
-            assert testing.receive_json(ann) == message
+            assert unid(testing.receive_json(ann)) == message
             testing.assert_no_message(bob)
-        assert testing.receive_json(ann) == {"type": "leave", "room": "lobby", "user": "bob"}
+        assert unid(testing.receive_json(ann)) == {"type": "leave", "room": "lobby", "user": "bob"}
 
 
 def test_demo_rooms_are_the_apps_own(client_factory: ClientFactory) -> None:
@@ -128,6 +130,21 @@ def test_demo_closes_its_broker_on_shutdown() -> None:
         anyio.run(app.state.room.broadcast, "lobby", "after shutdown")
 
 
+def test_demo_serves_a_rooms_latest_messages_over_http(client_factory: ClientFactory) -> None:
+    app = create_app()
+    client = client_factory(app)
+    assert client.get("/rooms/lobby/history").json() == {"room": "lobby", "messages": []}
+    for n in range(RECENT_MESSAGES + 1):
+        anyio.run(app.state.room.broadcast, "lobby", f"m{n}")
+    response = client.get("/rooms/lobby/history")
+    messages = response.json()["messages"]
+    assert [m["text"] for m in messages] == [f"m{n}" for n in range(1, RECENT_MESSAGES + 1)]
+    assert all(m["id"] for m in messages)
+    assert response.headers["Content-Security-Policy"] == HEADERS["Content-Security-Policy"]
+    response = client.get("/rooms/no%20such/history")
+    assert (response.status_code, response.text) == (400, "invalid room name")
+
+
 def test_demo_lists_a_rooms_members_over_http(client_factory: ClientFactory) -> None:
     client = client_factory(create_app())
     assert client.get("/rooms/lobby/members").json() == {"room": "lobby", "users": []}
@@ -155,5 +172,5 @@ def test_demo_shares_rooms_through_redis(redis_url: str, monkeypatch: pytest.Mon
         assert testing.receive_json(ann, timeout=5)["users"] == ["ann"]
         with two.websocket_connect("/rooms/lobby/bob") as bob:
             assert testing.receive_json(bob, timeout=5)["users"] == ["ann", "bob"]
-            assert testing.receive_json(ann, timeout=5) == {"type": "join", "room": "lobby", "user": "bob"}
+            assert unid(testing.receive_json(ann, timeout=5)) == {"type": "join", "room": "lobby", "user": "bob"}
             assert one.get("/rooms/lobby/members").json()["users"] == ["ann", "bob"]

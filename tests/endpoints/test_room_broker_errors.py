@@ -33,10 +33,10 @@ from wsendpoints.testing import expect_close, receive_text
 class Refusing(MemoryBroker):
     """A broker whose backend refuses to store messages (as Redis does when out of memory)."""
 
-    async def publish(self, room: str, message: Message) -> None:
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
         if message.payload.endswith("refused"):
             raise BrokerError("the backend refused: out of memory")
-        await super().publish(room, message)
+        await super().publish(room, message, history_size=history_size, history_ttl=history_ttl)
 
 
 class Full(MemoryBroker):

@@ -21,6 +21,7 @@ from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
+from tests.envelopes import unid
 from wsendpoints import EchoEndpoint, MemoryBroker, RoomEndpoint
 from wsendpoints.testing import receive
 
@@ -165,7 +166,7 @@ def test_fuzz_room_outcomes_are_documented(sequence: list[tuple[str, Any]]) -> N
                 and set(value) == {"text"}
                 and isinstance(value["text"], str)
             ):
-                envelope = json.loads(receive(watcher, 5)["text"])
+                envelope = unid(json.loads(receive(watcher, 5)["text"]))
                 assert envelope == {"type": "message", "room": "fuzz", "user": "fuzzer", "text": value["text"]}
                 continue
             message = receive(fuzzer, 5)

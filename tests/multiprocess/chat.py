@@ -24,13 +24,17 @@ __all__ = ["make_app"]
 
 def make_app() -> Starlette:
     """Serve rooms at /rooms/{room}/{user}, GET /members/{room}, and POST /broadcast/{room},
-    /send_to/{room}/{user} and /kick/{room}/{user} (body: the text, or the reason)."""
+    /send_to/{room}/{user} and /kick/{room}/{user} (body: the text, or the reason).
+
+    JSON-mode rooms, which resume from `?since=`, are at /json/{room}/{user}.
+    """
     broker = RedisBroker(
         os.environ["MULTIPROCESS_REDIS_URL"],
         presence_ttl=float(os.environ["MULTIPROCESS_PRESENCE_TTL"]),
         max_backoff=0.5,
     )
     chat = RoomEndpoint.configure(broker=broker)
+    json_chat = RoomEndpoint.configure(broker=broker, mode="json", namespace="json")
 
     async def members(request: Request) -> JSONResponse:
         return JSONResponse(await chat.members(request.path_params["room"]))
@@ -57,6 +61,7 @@ def make_app() -> Starlette:
     return Starlette(
         routes=[
             WebSocketRoute("/rooms/{room}/{user}", chat),
+            WebSocketRoute("/json/{room}/{user}", json_chat),
             Route("/members/{room}", members),
             Route("/broadcast/{room}", broadcast, methods=["POST"]),
             Route("/send_to/{room}/{user}", send_to, methods=["POST"]),

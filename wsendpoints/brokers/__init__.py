@@ -6,7 +6,7 @@ serves many processes and hosts.
 
 from __future__ import annotations
 
-from .base import Broker, Deliver, Message
+from .base import Broker, Deliver, History, Message
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "Deliver", "MemoryBroker", "Message"]
+__all__ = ["Broker", "Deliver", "History", "MemoryBroker", "Message"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["Broker", "Deliver", "Entry", "Message", "message_order"]
+__all__ = ["Broker", "Deliver", "Entry", "History", "Message", "message_order"]
 
 B = TypeVar("B", bound="Broker")
 
@@ -21,9 +21,9 @@ class Message:
     Attributes:
         payload: The text frame the members receive, encoded once for all of them.
         sender: The id of the publishing member, which does not receive it; None reaches everyone.
-        id: The broker's id for the message within its room, where the broker assigns one; None
-            otherwise. Ids are `"<int>-<int>"`, as Redis stream ids are, and order a room's
-            messages as `message_order` does.
+        id: The broker's id for the message within its room, unique and ordered there (see
+            `Broker.position`). A broker sets it on every message it delivers or returns from
+            `Broker.history`; what a publisher passes is ignored.
         to: The user name whose members alone take the message (`Broker.publish_to`); None
             for the whole room.
         close: For a message `to` a user, the close code its members close with, `payload`
@@ -65,6 +65,21 @@ class Entry:
     refused: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """What `Broker.history` found of a room's recent messages.
+
+    Attributes:
+        messages: The messages, oldest first, each with its `id`.
+        recovered: Whether the history answers the question: with `since`, that id is still in
+            the room's history (so `messages` is everything published after it, up to `limit`);
+            without, that the broker keeps a history of this room at all.
+    """
+
+    messages: list[Message]
+    recovered: bool
+
+
 Deliver = Callable[[Message], None]
 """Called with each message of a subscribed room. It must not block, and may be called from any thread."""
 
@@ -81,6 +96,11 @@ class Broker(ABC):
     - nothing from another room, and nothing after its subscription ended;
     - a `deliver` callback that raises is logged and does not affect other subscribers.
 
+    Each delivered message carries an `id` from the broker, unique and ordered within its room
+    (`position`). A broker that keeps history (`history`, as much as `publish` asks for) lets a
+    member that reconnects recover what it missed; one that keeps none inherits defaults that
+    say so, and its members are told that recovery was not possible.
+
     Presence counts members (connections) with a user name each; several members may share
     a name. `enter` and `depart` keep presence per name: a greeting when a name's first member
     enters, a farewell when its last departs. `publish_to` reaches the members of one user
@@ -95,8 +115,15 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    async def publish(self, room: str, message: Message) -> None:
-        """Send `message` to every subscriber of `room`.
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
+        """Send `message` to every subscriber of `room`, with the id the broker gives it.
+
+        Args:
+            room: The room.
+            message: What to send; its `id` is ignored: subscribers get a copy with the broker's.
+            history_size: Keep at least this many of `room`'s latest messages for `history`
+                (0: the publisher needs none).
+            history_ttl: Keep them at least this many seconds after `room`'s latest message.
 
         Raises:
             BrokerClosedError: If the broker was closed.
@@ -151,6 +178,8 @@ class Broker(ABC):
         farewell: Message | None = None,
         unique: bool = False,
         max_members: int | None = None,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
     ) -> Entry:
         """Add `member` named `user` to `room`'s presence, announcing the name if it is new there.
 
@@ -163,6 +192,8 @@ class Broker(ABC):
                 (or, on a broker shared by processes, drops out with its dead process).
             unique: Refuse `member` (nothing changes) if `user` is present already.
             max_members: Refuse `member` (nothing changes) if the room has that many members already.
+            history_size: As `publish`'s, for the greeting and the farewell.
+            history_ttl: As `publish`'s, for the greeting and the farewell.
 
         Returns:
             The head count, whether the name is new, the names present and where the member
@@ -175,10 +206,10 @@ class Broker(ABC):
         if max_members is not None and count > max_members:
             await self.leave(room, member)
             return Entry(0, False, tuple(users), refused="room full")
-        self._farewells()[room, member] = (user, farewell)
+        self._farewells()[room, member] = (user, farewell, history_size, history_ttl)
         first = user not in users
         if first and greeting is not None:
-            await self.publish(room, greeting)
+            await self.publish(room, greeting, history_size=history_size, history_ttl=history_ttl)
         return Entry(count, first, tuple(sorted({*users, user})))
 
     async def depart(self, room: str, member: str) -> bool:
@@ -187,12 +218,12 @@ class Broker(ABC):
         Returns:
             Whether it was the last member of its user name (unknown members: False).
         """
-        user, farewell = self._farewells().pop((room, member), (None, None))
+        user, farewell, history_size, history_ttl = self._farewells().pop((room, member), (None, None, 0, 0.0))
         await self.leave(room, member)
         if user is None or user in await self.members(room):
             return False
         if farewell is not None:
-            await self.publish(room, farewell)
+            await self.publish(room, farewell, history_size=history_size, history_ttl=history_ttl)
         return True
 
     async def publish_to(self, room: str, user: str, message: Message) -> int | None:
@@ -207,9 +238,36 @@ class Broker(ABC):
         await self.publish(room, replace(message, to=user))
         return None
 
-    def _farewells(self) -> dict[tuple[str, str], tuple[str, Message | None]]:
-        farewells: dict[tuple[str, str], tuple[str, Message | None]] = self.__dict__.setdefault("_entered", {})
+    def _farewells(self) -> dict[tuple[str, str], tuple[str, Message | None, int, float]]:
+        farewells: dict[tuple[str, str], tuple[str, Message | None, int, float]] = self.__dict__.setdefault(
+            "_entered", {}
+        )
         return farewells
+
+    # History and recovery: a broker that keeps no history need not override these.
+
+    async def history(self, room: str, since: str | None = None, limit: int | None = None) -> History:
+        """Return `room`'s kept messages, oldest first: those after `since`, else the latest.
+
+        Without `since`, the latest `limit` messages (all kept if None). With `since`, the first
+        `limit` messages published after the message of that id, and `recovered` False (with no
+        messages) when that id is no longer kept, is another broker's (or another run's), or is
+        not an id at all: never an error.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+            BrokerError: If the backend cannot be read.
+        """
+        return History([], recovered=False)
+
+    def position(self, message_id: str) -> tuple[int, ...] | None:
+        """Return where the message `message_id` stands in its room: later messages have greater positions.
+
+        Returns None for a string that is not an id this broker gives (garbage, or an id of
+        another broker or of an earlier run of this one). Recovery uses it to drop, at the
+        boundary between history and live messages, those a member already has.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - a broker without resources need not override it
         """Release the broker's resources; publishing afterwards raises `BrokerClosedError`."""

@@ -24,7 +24,16 @@ from starlette.routing import Route, WebSocketRoute
 from ..brokers import Broker, MemoryBroker
 from ..endpoints import EchoEndpoint, OKEndpoint, RoomEndpoint
 
-__all__ = ["ASCII_NAMES", "HEADERS", "HOST_ENV", "REDIS_URL_ENV", "STATIC_FILES", "allowed_hosts", "create_app"]
+__all__ = [
+    "ASCII_NAMES",
+    "HEADERS",
+    "HOST_ENV",
+    "RECENT_MESSAGES",
+    "REDIS_URL_ENV",
+    "STATIC_FILES",
+    "allowed_hosts",
+    "create_app",
+]
 
 REDIS_URL_ENV = "WSENDPOINTS_REDIS_URL"
 """The environment variable `create_app()` reads a Redis URL from; `python -m wsendpoints --redis` sets it."""
@@ -92,12 +101,18 @@ def allowed_hosts(host: str) -> list[str] | None:
     return [f"[{address}]" if address.version == 6 else str(address)]
 
 
+RECENT_MESSAGES = 50
+"""The most messages `GET /rooms/{room}/history` returns."""
+
+
 def create_app(redis_url: str | None = None, host: str | None = None) -> Starlette:
     """Build the demo app.
 
     Mounts `EchoEndpoint` on `/echo`, `OKEndpoint` on `/ok` and a `RoomEndpoint` in JSON mode on
-    `/rooms/{room}/{user}`; serves the pages `/` (home), `/echo.html` and `/chat.html`, and
-    `GET /rooms/{room}/members`, the sorted names present: `{"room": ..., "users": [...]}`.
+    `/rooms/{room}/{user}`; serves the pages `/` (home), `/echo.html` and `/chat.html`,
+    `GET /rooms/{room}/members`, the sorted names present: `{"room": ..., "users": [...]}`, and
+    `GET /rooms/{room}/history`, its latest messages (at most 50) as envelopes with their ids:
+    `{"room": ..., "messages": [...]}`, which the chat page shows when it could not resume.
 
     Args:
         redis_url: Share the rooms through the Redis server at this URL (`RedisBroker`). None
@@ -127,6 +142,14 @@ def create_app(redis_url: str | None = None, host: str | None = None) -> Starlet
         name = request.path_params["room"]
         return JSONResponse({"room": name, "users": await room.members(name)}, headers=HEADERS)
 
+    async def recent(request: Request) -> Response:
+        name = request.path_params["room"]
+        try:
+            messages = await room.history(name, limit=RECENT_MESSAGES)
+        except ValueError:
+            return PlainTextResponse("invalid room name", 400, headers=HEADERS)
+        return JSONResponse({"room": name, "messages": messages}, headers=HEADERS)
+
     async def page(request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
         if name not in static:
@@ -150,6 +173,7 @@ def create_app(redis_url: str | None = None, host: str | None = None) -> Starlet
             WebSocketRoute("/ok", OKEndpoint),
             WebSocketRoute("/rooms/{room}/{user}", room),
             Route("/rooms/{room}/members", members),
+            Route("/rooms/{room}/history", recent),
             Route("/", page, methods=["GET", "HEAD"]),
             Route("/{name}", page, methods=["GET", "HEAD"]),
         ],

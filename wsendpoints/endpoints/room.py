@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
 import secrets
@@ -25,12 +26,13 @@ from .._limits import KeyedRateLimit
 from .._loop import LoopHandle
 from .._options import OptionCheck, check_choice, check_number, check_pair, check_size, check_template, check_text
 from .._text import check_outbound_text, neutralize_controls, normalize_name
-from ..brokers.base import Broker, Entry, Message
+from ..brokers.base import Broker, Entry, History, Message
 from ..brokers.memory import MemoryBroker
 from ..closecodes import CloseCode
 from ..exceptions import BrokerError, TooManyRoomsError
 from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
+from ..rooms.resume import Gate, text_bytes, with_id
 from ..rooms.room import Room
 from .base import MAX_REASON_BYTES, Endpoint
 
@@ -101,6 +103,9 @@ class RoomOptions(TypedDict, total=False):
     unique_names: bool
     max_queue_bytes: int
     slow_after: float
+    history_size: int
+    history_ttl: float
+    since_param: str
 
 
 class RoomEndpoint(Endpoint):
@@ -145,6 +150,9 @@ class RoomEndpoint(Endpoint):
     max_message_size: int | None = 64 * 1024
     require_auth: bool = False
     unique_names: bool = False
+    history_size: int = 100
+    history_ttl: float = 300.0
+    since_param: str = "since"
     join_rate_limit: tuple[int, float] | None = None
     presence_notices: bool = True
     keep_controls: bool = False
@@ -170,6 +178,9 @@ class RoomEndpoint(Endpoint):
         "rate_limit": check_pair,
         "require_auth": _check_flag,
         "unique_names": _check_flag,
+        "history_size": check_size(optional=False, minimum=0),
+        "history_ttl": check_number(optional=False),
+        "since_param": check_text(),
         "join_rate_limit": check_pair,
         "presence_notices": _check_flag,
         "keep_controls": _check_flag,
@@ -250,7 +261,57 @@ class RoomEndpoint(Endpoint):
         local = Room.find(cls.broker, key)
         if local is not None:
             await local.hold(cls.send_timeout)
-        await cls.broker.publish(key, Message(payload))
+        await cls._publish(key, Message(payload))
+
+    @classmethod
+    async def _publish(cls, key: str, message: Message) -> None:
+        await cls.broker.publish(key, message, history_size=cls.history_size, history_ttl=cls.history_ttl)
+
+    @classmethod
+    async def history(cls, room: str, since: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return `room`'s recent messages as JSON-mode envelopes with their `"id"`, oldest first.
+
+        For an HTTP route that renders a room's recent messages, or a client that could not
+        resume. The room keeps its latest `history_size` messages (messages, broadcasts, join
+        and leave notices) until `history_ttl` seconds after its latest one.
+
+        Args:
+            room: The room's name, as in the URL.
+            since: Keep only the messages after the one of this id; if that id is no longer in
+                the history (or is not an id), there are none.
+            limit: At most this many: the first after `since`, else the latest.
+
+        In text mode each entry is `{"id": ..., "text": ...}`, the text as members received it.
+
+        Raises:
+            TypeError: If `room` or `since` is not a `str`, or `limit` not an `int`.
+            ValueError: If the room name does not match `name_pattern` (after NFKC), or `limit`
+                is negative.
+            BrokerClosedError: If the broker was closed.
+            BrokerError: If the broker's backend cannot be read.
+        """
+        room = cls._room_name(room)
+        check_text(optional=True)("since", since)
+        if limit is not None:
+            check_size(optional=False, minimum=0)("limit", limit)
+        size = cls.history_size if limit is None else min(limit, cls.history_size)
+        if size == 0:
+            return []
+        found = await cls.broker.history(cls._room_key(room), since, size)
+        # Messages to one user (`send_to`, `kick`) are not the room's: never shown, never replayed.
+        return [cls._as_envelope(room, message) for message in found.messages if message.to is None]
+
+    @classmethod
+    def _as_envelope(cls, room: str, message: Message) -> dict[str, Any]:
+        if cls.mode == "json":
+            try:
+                envelope = json.loads(with_id(message.payload, message.id))
+            except ValueError:  # another endpoint's text in the same room
+                envelope = None
+            if type(envelope) is dict and "type" in envelope:
+                return envelope
+            return {"type": "message", "room": room, "user": None, "text": message.payload, "id": message.id}
+        return {"id": message.id, "text": message.payload}
 
     @classmethod
     def _outbound(cls, room: Any, text: Any) -> str:
@@ -259,12 +320,18 @@ class RoomEndpoint(Endpoint):
         Every entry point from the app (`broadcast()`, and any later one) calls this first, so a
         bad call raises at the caller and never reaches, or closes, a member.
         """
+        name = cls._room_name(room)
+        check_outbound_text(text, cls.max_message_size)
+        return name
+
+    @classmethod
+    def _room_name(cls, room: Any) -> str:
+        """Check a room name from the app (`broadcast()`, `history()`); return its NFKC form."""
         if not isinstance(room, str):
             raise TypeError(f"room must be a str, got {type(room).__name__}")
         name = normalize_name(room)
         if not cls._name_re.fullmatch(name):
             raise ValueError(f"room name {room!r} does not match name_pattern {cls.name_pattern!r}")
-        check_outbound_text(text, cls.max_message_size)
         return name
 
     @classmethod
@@ -450,13 +517,18 @@ class RoomEndpoint(Endpoint):
             max_queue_bytes=self.max_queue_bytes,
             slow_after=self.slow_after,
             room=local,
+            stamp=self.mode == "json",
         )
+        since = websocket.query_params.get(self.since_param) if self.mode == "json" else None
+        gate = member.resume(broker.position) if since is not None and self.history_size else None
         handle = LoopHandle.current()
 
         def kicked(code: int, reason: str) -> None:
             handle.call(lambda: self._start_kick(websocket, code, reason))
 
-        inbox = Inbox(user, member.deliver, kicked, self.max_queue)
+        # After `resume`: the inbox hands on to the member's gate. It drops what was published
+        # before the member entered, which a resume's history read after the entry holds.
+        inbox = Inbox(user, member.deliver, kicked, self.max_queue, broker.position)
         try:
             entry = await self._membership.enter_async_context(self._member_of(local, member, inbox))
         except BrokerError as exc:
@@ -468,8 +540,13 @@ class RoomEndpoint(Endpoint):
             await self._reject(websocket, code, entry.refused)
             return
         inbox.open(entry.after)
+        if since is not None and gate is None:  # history off: nothing to recover
+            member.push_first(self._resume_envelope(False, 0))
         self._joined(member, entry)
         self._start_writer(websocket, member)
+        if gate is not None:
+            assert since is not None
+            await self._resume(member, gate, since)
 
     def _joined(self, member: Member, entry: Entry) -> None:
         """Queue what a member gets first: in json mode, the presence snapshot of its entry."""
@@ -514,6 +591,8 @@ class RoomEndpoint(Endpoint):
                 farewell=self._notice(self.leave_template, "leave"),
                 unique=self.unique_names,
                 max_members=self.max_members,
+                history_size=self.history_size,
+                history_ttl=self.history_ttl,
             )
             if entry.refused is not None:
                 yield entry
@@ -522,6 +601,48 @@ class RoomEndpoint(Endpoint):
                 yield entry
             finally:
                 await broker.depart(self._key, member.id)
+
+    def _resume_envelope(self, recovered: bool, missed: int) -> str:
+        return _json.dumps({"type": "resume", "room": self.room, "recovered": recovered, "missed": missed})
+
+    async def _resume(self, member: Member, gate: Gate, since: str) -> None:
+        """Queue the resume envelope, then what was missed since `since`, then open the gate to live messages."""
+        broker = self.broker
+        try:  # one more than it may replay: more than that was missed, so it cannot recover
+            found = await broker.history(self._key, since, self.history_size + 1)
+        except BrokerError:
+            logger.warning("could not read room %r's history to resume %r", self._key, self.user, exc_info=True)
+            found = History([], recovered=False)
+        through = None
+        replay: list[Message] = []
+        recovered = found.recovered and len(found.messages) <= self.history_size
+        if recovered:
+            last = found.messages[-1].id if found.messages else since
+            through = broker.position(last or since)
+            replay = [message for message in found.messages if self._replays(message)]
+            # Only what fits in the member's queue now, in messages and in bytes, with the resume
+            # envelope: a replay never overflows it (flow control then paces the room as it drains).
+            size = sum(text_bytes(with_id(message.payload, message.id)) for message in replay)
+            recovered = member.fits(len(replay) + 1, size + text_bytes(self._resume_envelope(True, len(replay))))
+        if not recovered:
+            replay, through = [], None
+        member.push(self._resume_envelope(recovered, len(replay)))
+        gate.open(replay, through)
+
+    def _replays(self, message: Message) -> bool:
+        """Whether a missed message is replayed: not the user's own, unless echoed; never its own notices.
+
+        Never a message to one user (`send_to`, `kick`): a direct message is live only.
+        """
+        if message.to is not None:
+            return False
+        try:
+            envelope = json.loads(message.payload)
+        except ValueError:  # another endpoint's text in the same room
+            return True
+        if type(envelope) is not dict or envelope.get("user") != self.user:
+            return True
+        return envelope.get("type") == "message" and self.echo_template is not None
 
     async def _write(self, websocket: WebSocket, member: Member) -> None:
         async def close_stalled(reason: str) -> None:
@@ -558,20 +679,22 @@ class RoomEndpoint(Endpoint):
                 return
             text: str = data["text"]
             payload: str | None = self._envelope("message", self.room, self.user, text)
-            echo = payload if self.echo_template is not None else None
+            echo = None  # echoed in the room's order, with its id: the broker delivers it to its sender too
+            sender = None if self.echo_template is not None else self.member
         else:
             text = data if self.keep_controls else neutralize_controls(data)
             fields = {"user": self.user, "text": text, "room": self.room}
             template = self.message_template
             payload = None if template is None else template.format_map(fields)
             echo = None if self.echo_template is None else self.echo_template.format_map(fields)
+            sender = self.member
         member = self.member
         assert member is not None
         if payload is not None:
             assert self._room is not None
             await self._room.hold(self.send_timeout)  # the receive loop stops reading while the room is behind
             try:
-                await self.broker.publish(self._key, Message(payload, sender=member.id))
+                await self._publish(self._key, Message(payload, sender=None if sender is None else sender.id))
             except BrokerError as exc:
                 await self._broker_failed(websocket, exc)
                 return

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import anyio
 
 from .._loop import LoopHandle, Wakeup
-from ..brokers.base import Message
+from ..brokers.base import Deliver, Message
+from .resume import Gate
 from .room import Item, Room, make_item
 
 __all__ = ["Event", "Member", "SlowConsumerPolicy"]
@@ -40,8 +41,11 @@ class Member:
     message larger than `max_queue_bytes` still goes when the queue is empty). Half of either is
     its high-water mark and a quarter its low-water mark: see `Room` for what crossing them does.
 
+    With `stamp`, each message goes out as its JSON envelope with the broker's id added.
+
     Attributes:
         id: The member's id, unique across processes; messages whose `sender` it is are skipped.
+        gate: While the member resumes (see `rooms.resume`), what its deliveries go through.
         dropped: How many messages the "drop_oldest"/"drop_newest" policies dropped.
         stalled: Why the writer gave up ("slow consumer", "send timeout"), or None.
         slow: Whether the room judged this member slow (it no longer holds publishers back).
@@ -53,6 +57,7 @@ class Member:
         "_high",
         "_high_bytes",
         "_is_behind",
+        "_item",
         "_look_at",
         "_look_sent",
         "_low",
@@ -72,7 +77,9 @@ class Member:
         "_stopping",
         "_waiter",
         "behind_since",
+        "deliver",
         "dropped",
+        "gate",
         "id",
         "overflowed",
         "slow",
@@ -89,8 +96,10 @@ class Member:
         max_queue_bytes: int = 1024 * 1024,
         slow_after: float = 1.0,
         room: Room | None = None,
+        stamp: bool = False,
     ) -> None:
         self.id = member_id
+        self.gate: Gate | None = None
         self.dropped = 0
         self.overflowed = False
         self.slow = False
@@ -104,6 +113,7 @@ class Member:
         self._send_timeout = send_timeout
         self._slow_after = slow_after
         self._room = Room("") if room is None else room
+        self._item = self._room.stamped_item if stamp else self._room.item
         self._queue: deque[Item] = deque()
         self._bytes = 0
         self._is_behind = False
@@ -118,20 +128,56 @@ class Member:
         self._look_at = 0.0
         self._handle = LoopHandle.current()
         self._room.add(self)
+        self.deliver: Deliver = self._deliver
+        """Queue a message unless this member sent it: the broker's `Deliver`, from any thread.
+
+        An attribute, not a method, so that only a resuming member pays for its gate (see `resume`).
+        """
 
     @property
     def queued(self) -> tuple[int, int]:
         """How many messages, and how many bytes of text, wait in the queue."""
         return len(self._queue), self._bytes
 
-    def deliver(self, message: Message) -> None:
-        """Queue `message` unless this member sent it."""
+    def _deliver(self, message: Message) -> None:
+        """Queue `message` unless this member sent it (`deliver` until the member resumes)."""
         if message.sender != self.id:
-            item = self._room.item(message)
+            item = self._item(message)
             if get_ident() == self._handle.thread:
                 self._put(item)
             else:
                 self._handle.call(partial(self._put, item))
+
+    def _deliver_through_gate(self, message: Message) -> None:
+        """Hand `message` to the gate, in the member's loop: its state changes there only (`deliver` once resuming)."""
+        if message.sender != self.id:
+            assert self.gate is not None
+            self._handle.call(partial(self.gate.take, message))
+
+    def put_message(self, message: Message) -> None:
+        """Queue `message` whoever sent it (a resuming member's history), stamped as this member's are."""
+        self._put(self._item(message))
+
+    def resume(self, position: Callable[[str], tuple[int, ...] | None]) -> Gate:
+        """Hold deliveries in a new gate (at most `max_queue` messages and `max_queue_bytes`) until it opens.
+
+        Call it before the member subscribes: `deliver` then goes through the gate for good.
+        """
+        gate = self.gate = Gate(self, position, self._max_queue, self._max_bytes)
+        self.deliver = self._deliver_through_gate
+        return gate
+
+    def refuse(self) -> None:
+        """Apply the slow-consumer policy to a message there is no room for (held by a full gate)."""
+        if self._policy != "close":
+            self.dropped += 1
+        elif not self.overflowed:
+            self.overflowed = True
+            self._abort()
+
+    def fits(self, count: int, size: int) -> bool:
+        """Whether `count` more messages of `size` bytes in all fit in the queue now."""
+        return len(self._queue) + count <= self._max_queue and self._bytes + size <= self._max_bytes
 
     def push(self, payload: str) -> None:
         """Queue the text `payload` for sending, applying the slow-consumer policy when the queue is full."""

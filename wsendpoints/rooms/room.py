@@ -39,6 +39,7 @@ import anyio.lowlevel
 
 from .._loop import LoopHandle, Waiter
 from ..brokers.base import Broker, Deliver, Message
+from .resume import with_id
 
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
     from .member import Member
@@ -63,7 +64,18 @@ class Room:
     Get one with `Room.of(broker, key)`; it lives while it has members.
     """
 
-    __slots__ = ("__weakref__", "_behind", "_busy_at", "_judged_at", "_last", "_lock", "_members", "_waiters", "key")
+    __slots__ = (
+        "__weakref__",
+        "_behind",
+        "_busy_at",
+        "_judged_at",
+        "_last",
+        "_last_stamped",
+        "_lock",
+        "_members",
+        "_waiters",
+        "key",
+    )
 
     _registry: ClassVar[weakref.WeakKeyDictionary[Broker, dict[str, Room]]] = weakref.WeakKeyDictionary()
     """Each broker's rooms in this process: looked up once per join and per `broadcast()`, not per delivery."""
@@ -77,6 +89,7 @@ class Room:
         self._waiters: list[tuple[LoopHandle, Waiter]] = []
         self._busy_at = self._judged_at = 0.0
         self._last: tuple[Message | None, Item] = (None, make_item(""))
+        self._last_stamped: tuple[Message | None, Item] = (None, make_item(""))
 
     @classmethod
     def of(cls, broker: Broker, key: str) -> Room:
@@ -121,6 +134,20 @@ class Room:
             return last[1]
         item = make_item(message.payload)
         self._last = (message, item)
+        return item
+
+    def stamped_item(self, message: Message) -> Item:
+        """Return the queue item of `message` for a JSON-mode member: its envelope with its `"id"` (`with_id`).
+
+        Made once for all such members, as `item` is, with a cached pair of its own.
+        """
+        last = self._last_stamped
+        if last[0] is message:
+            return last[1]
+        # A message to one user (`send_to`) goes without its id: it is not in the room's history,
+        # so a client must never resume from it.
+        item = make_item(with_id(message.payload, None if message.to is not None else message.id))
+        self._last_stamped = (message, item)
         return item
 
     @property

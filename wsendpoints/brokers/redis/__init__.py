@@ -9,6 +9,7 @@ The broker is made of parts, each in its module, which this one wires together:
 - `writer`: publishing, the outage buffer, sending again after Redis lost its data;
 - `reader`: one blocking XREAD per process for all its rooms, and the dispatch to subscribers;
 - `presence`: members, heartbeats and their TTLs;
+- `history`: a room's recent messages, read back from its stream;
 - `connection`: the settings and counters the parts share, the connections, backoff.
 """
 
@@ -28,8 +29,9 @@ from redis.backoff import NoBackoff
 
 from ..._options import check_number, check_size, check_text
 from ...exceptions import BrokerClosedError, BrokerError, BrokerUnavailableError
-from ..base import Broker, Deliver, Entry, Message
+from ..base import Broker, Deliver, Entry, History, Message
 from .connection import FAILED, Clients, Shared, logger, redact
+from .history import read_history, stream_position
 from .keys import Keys
 from .presence import Presence
 from .reader import BLOCK_MS, Reader
@@ -99,9 +101,11 @@ class RedisBroker(Broker):
             hung) drop out of presence.
         buffer_size: Messages kept while Redis is unreachable.
         buffer_bytes: Bytes of messages kept while Redis is unreachable.
-        stream_maxlen: About how many messages each room's stream keeps.
+        stream_maxlen: About how many messages each room's stream keeps (at least this many, within
+            `stream_bytes`): the room's history, so at least the endpoints' `history_size`.
         stream_bytes: Bytes of messages each room's stream keeps, plus the one that straddles the line.
-        stream_ttl: Seconds after its last message that a room's stream is deleted.
+        stream_ttl: Seconds after its last message that a room's stream is deleted, so for how
+            long a member can recover what it missed: at least the endpoints' `history_ttl`.
         max_rooms: Most live rooms (with a stream or members) under `prefix`; None for no limit.
         read_bytes: About how many bytes one process reads from Redis at once.
         connect_timeout: Seconds to wait for a connection or a reply before calling Redis unreachable.
@@ -198,10 +202,13 @@ class RedisBroker(Broker):
 
     # -- the Broker interface --------------------------------------------------------------
 
-    async def publish(self, room: str, message: Message) -> None:
+    async def publish(self, room: str, message: Message, *, history_size: int = 0, history_ttl: float = 0.0) -> None:
         """Append `message` to `room`'s stream; while Redis is unreachable, buffer it.
 
-        Returns once Redis has the message, or at once while Redis is unreachable.
+        Returns once Redis has the message, or at once while Redis is unreachable. The stream
+        entry's id is the message's id. The stream is the room's history, kept as `stream_maxlen`
+        and `stream_ttl` say (set them at least `history_size` and `history_ttl`: they are the
+        broker's, for every room, and `history_size`/`history_ttl` are not looked at here).
 
         Raises:
             BrokerClosedError: If the broker was closed.
@@ -260,13 +267,16 @@ class RedisBroker(Broker):
         farewell: Message | None = None,
         unique: bool = False,
         max_members: int | None = None,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
     ) -> Entry:
         """Add `member` named `user` to `room`'s presence, shared by every process, in one atomic step.
 
         The greeting, if the name is new in the room, and the farewell, when its last member
         leaves or drops out with its dead process, are appended to the room's stream by
         the same step (see `scripts`), so each is sent once, however many processes serve the
-        name. `Entry.after` is the room's last stream entry as the member entered.
+        name. `Entry.after` is the room's last stream entry as the member entered. The stream
+        is the history, as for `publish`: `history_size` and `history_ttl` are not looked at.
 
         Raises:
             BrokerClosedError: If the broker was closed.
@@ -332,6 +342,21 @@ class RedisBroker(Broker):
         """
         link, clients = await self._ready()
         return await link.presence.members(clients, room)
+
+    async def history(self, room: str, since: str | None = None, limit: int | None = None) -> History:
+        """Return `room`'s messages still in its stream: see `Broker.history`.
+
+        Raises:
+            BrokerClosedError: If the broker was closed.
+            BrokerUnavailableError: If Redis cannot be reached.
+            BrokerError: If Redis refuses, e.g. because the room's key holds something other than a stream.
+        """
+        _, clients = await self._ready()
+        return await read_history(self._shared, clients, room, since, limit)
+
+    def position(self, message_id: str) -> tuple[int, ...] | None:
+        """Return a stream entry id as `(milliseconds, sequence)`, or None if it is not one."""
+        return stream_position(message_id)
 
     async def aclose(self) -> None:
         """Stop reading, send what is buffered and remove this process's members, within about a second.

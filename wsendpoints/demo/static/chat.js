@@ -1,6 +1,8 @@
 // The room chat page: RoomEndpoint in JSON mode on /rooms/{room}/{user}.
 // Clients send {"text": ...}; the server sends "presence" (to a joiner, first), "join",
 // "leave" and "message" envelopes. A message with user null is a broadcast from the server.
+// Each join, leave and message carries an "id": the page keeps the last one and reconnects with
+// ?since=<id>; the server then sends a "resume" envelope and what the page missed, in order.
 import { addLine, describeClose, keepConnected, socketURL } from "/socket.js";
 
 const params = new URLSearchParams(location.search);
@@ -53,6 +55,45 @@ function rereadSoon() {
   }, REREAD_DELAY_MS);
 }
 
+// Resuming: the id of the last envelope shown, and the ids shown, so that none is shown twice.
+let lastId = null;
+const shown = new Set();
+
+/** Remember that the envelope of `id` is shown; say whether it already was. */
+function seen(id) {
+  if (shown.has(id)) return true;
+  shown.add(id);
+  if (shown.size > 1000) shown.delete(shown.values().next().value); // the oldest
+  return false;
+}
+
+/** The log line of a join, leave or message envelope: [text, CSS class]. */
+function describe(envelope) {
+  if (envelope.type === "join") return [`${envelope.user} joined the chat`, "notice"];
+  if (envelope.type === "leave") return [`${envelope.user} left the chat`, "notice"];
+  if (envelope.user === null) return [`server: ${envelope.text}`, "notice"];
+  return [`${envelope.user}: ${envelope.text}`, ""];
+}
+
+// When it could not resume, the page shows the room's latest messages it has not shown (not its
+// own: it showed those as it sent them), after the notice that says so.
+async function showRecent(notice) {
+  try {
+    const response = await fetch(`/rooms/${encodeURIComponent(room)}/history`, { cache: "no-store" });
+    const body = await response.json();
+    if (!response.ok) return;
+    let place = notice;
+    for (const envelope of body.messages) {
+      if (envelope.user === user || seen(envelope.id)) continue;
+      const item = addLine(log, ...describe(envelope));
+      place.after(item);
+      place = item;
+    }
+  } catch {
+    // the notice stands
+  }
+}
+
 function handle(data) {
   let envelope;
   try {
@@ -61,7 +102,19 @@ function handle(data) {
     addLine(log, `unreadable message from the server: ${data}`, "error");
     return;
   }
+  if (envelope.id !== undefined) {
+    if (seen(envelope.id)) return;
+    lastId = envelope.id;
+  }
   switch (envelope.type) {
+    case "resume":
+      if (envelope.recovered) {
+        const count = envelope.missed === 1 ? "1 message" : `${envelope.missed} messages`;
+        addLine(log, `reconnected: ${count} sent meanwhile`, "notice");
+      } else {
+        showRecent(addLine(log, "reconnected, but messages sent meanwhile could not be recovered", "error"));
+      }
+      break;
     case "presence":
       news++;
       showPresence(envelope.users);
@@ -69,18 +122,17 @@ function handle(data) {
     case "join":
       news++;
       showPresence([...present, envelope.user]);
-      addLine(log, `${envelope.user} joined the chat`, "notice");
+      addLine(log, ...describe(envelope));
       break;
     case "leave":
       news++;
       present.delete(envelope.user);
       showPresence([...present]);
-      addLine(log, `${envelope.user} left the chat`, "notice");
+      addLine(log, ...describe(envelope));
       rereadSoon();
       break;
     case "message":
-      if (envelope.user === null) addLine(log, `server: ${envelope.text}`, "notice");
-      else addLine(log, `${envelope.user}: ${envelope.text}`);
+      addLine(log, ...describe(envelope));
       break;
     default:
       addLine(log, `unknown message from the server: ${data}`, "error");
@@ -92,7 +144,8 @@ if (room && user) {
   document.getElementById("title").textContent = `${user} in ${room}`;
   document.title = `${room} · wsendpoints demo`;
   const path = `/rooms/${encodeURIComponent(room)}/${encodeURIComponent(user)}`;
-  const socket = keepConnected(socketURL(path), document.getElementById("status"), {
+  const url = () => socketURL(lastId === null ? path : `${path}?since=${encodeURIComponent(lastId)}`);
+  const socket = keepConnected(url, document.getElementById("status"), {
     onMessage: handle,
     onClose: (event) => {
       news++;

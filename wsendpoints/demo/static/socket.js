@@ -29,6 +29,7 @@ export function describeClose(event) {
 /**
  * Keep a WebSocket to `url` open: on each close, report it and try again after a delay that
  * doubles up to 30 s (with jitter), and starts over once a connection has lasted a while.
+ * `url` may be a function, called for each connection (e.g. to resume from the last message seen).
  *
  * handlers.onOpen(), handlers.onMessage(data) and handlers.onClose(event, delay) are optional.
  * The status element shows the state (in its data-state attribute too: connecting, open, closed).
@@ -46,7 +47,7 @@ export function keepConnected(url, status, handlers) {
 
   function connect() {
     show("connecting", "connecting…");
-    socket = new WebSocket(url);
+    socket = new WebSocket(typeof url === "function" ? url() : url);
     socket.addEventListener("open", () => {
       openedAt = Date.now();
       show("open", "connected");

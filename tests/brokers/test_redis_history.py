@@ -1,0 +1,66 @@
+"""`RedisBroker`'s history: the room's stream, read back; ids are stream entry ids."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from tests.bounded import bounded
+from wsendpoints import BrokerError, Message
+from wsendpoints.brokers.redis import RedisBroker
+from wsendpoints.testing import Collector
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url, protocol=2)
+    yield client
+    await client.aclose()
+
+
+@bounded(30)
+async def test_redis_broker_ids_are_stream_entry_ids(redis_url: str, admin: redis.asyncio.Redis) -> None:
+    async with RedisBroker(redis_url, prefix="ids") as broker:
+        got = Collector()
+        async with broker.subscribe("r", got):
+            await broker.publish("r", Message("one"))
+            await got.wait_for(1)
+        entries: Any = await admin.xrange(b"ids:room:r")
+        entry_id = entries[0][0].decode()
+        assert got.messages[0].id == entry_id
+        assert broker.position(entry_id) == tuple(map(int, entry_id.split("-")))
+        for garbage in ("", "1", "1-", "-1", "a-1", "1-1-1", "1 -1", "\u0661-\u0661", "1" * 21 + "-0"):
+            assert broker.position(garbage) is None, garbage
+
+
+@bounded(30)
+async def test_redis_broker_history_skips_entries_it_did_not_write(
+    redis_url: str, admin: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with RedisBroker(redis_url, prefix="junk") as broker:
+        await broker.publish("r", Message("first"))
+        await admin.xadd(b"junk:room:r", {b"data": b"not json"})
+        await broker.publish("r", Message("last"))
+        with caplog.at_level(logging.WARNING, "wsendpoints"):
+            found = await broker.history("r")
+        assert [m.payload for m in found.messages] == ["first", "last"]
+        assert broker.malformed == 1
+        assert "ignored a malformed stream entry" in caplog.text
+        assert (await broker.history("r", limit=0)).messages == []
+        assert (await broker.history("r", since="0-0")).recovered is False
+
+
+@bounded(30)
+async def test_redis_broker_history_of_a_key_that_is_not_a_stream_raises(
+    redis_url: str, admin: redis.asyncio.Redis
+) -> None:
+    async with RedisBroker(redis_url, prefix="broken") as broker:
+        await admin.set(b"broken:room:r", b"garbage")
+        with pytest.raises(BrokerError, match="refused"):
+            await broker.history("r")
