@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import redis.asyncio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
 
 from tests.bounded import bounded
-from wsendpoints import BrokerError, Message
+from tests.envelopes import unid
+from wsendpoints import BrokerError, Message, RoomEndpoint
 from wsendpoints.brokers.redis import RedisBroker
-from wsendpoints.testing import Collector
+from wsendpoints.testing import Collector, assert_no_message, receive_json
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
@@ -64,3 +71,51 @@ async def test_redis_broker_history_of_a_key_that_is_not_a_stream_raises(
         await admin.set(b"broken:room:r", b"garbage")
         with pytest.raises(BrokerError, match="refused"):
             await broker.history("r")
+
+
+@bounded(30)
+async def test_redis_broker_history_keeps_direct_messages_which_the_endpoint_leaves_out(redis_url: str) -> None:
+    async with RedisBroker(redis_url, prefix="directs") as broker:
+        endpoint = RoomEndpoint.configure(broker=broker, mode="json")
+        await endpoint.send_to("lobby", "alice", "psst")
+        await endpoint.broadcast("lobby", "news")
+        found = await broker.history("rooms/lobby")
+        assert [(m.to, m.close) for m in found.messages] == [("alice", None), (None, None)]
+        assert [envelope["text"] for envelope in await endpoint.history("lobby")] == ["news"]
+
+
+def test_redis_resume_never_replays_a_direct_message(redis_url: str) -> None:
+    """The stream holds `send_to()`'s message among the room's: a member that resumes past it does not get it."""
+    broker = RedisBroker(redis_url, prefix="replay")
+    endpoint = RoomEndpoint.configure(broker=broker, mode="json")
+
+    async def say(request: Request) -> Response:
+        await endpoint.broadcast("lobby", request.query_params["text"])
+        return Response(status_code=204)
+
+    async def whisper(request: Request) -> Response:
+        await endpoint.send_to("lobby", "alice", "psst")
+        return Response(status_code=204)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with broker:
+            yield
+
+    routes = [
+        WebSocketRoute("/rooms/{room}/{user}", endpoint),
+        Route("/say", say, methods=["POST"]),
+        Route("/whisper", whisper, methods=["POST"]),
+    ]
+    with TestClient(Starlette(routes=routes, lifespan=lifespan)) as client:
+        with client.websocket_connect("/rooms/lobby/alice") as alice:
+            receive_json(alice)
+            client.post("/say", params={"text": "seen"})
+            last = receive_json(alice)["id"]
+        client.post("/whisper")
+        client.post("/say", params={"text": "news"})
+        with client.websocket_connect(f"/rooms/lobby/alice?since={last}") as alice:
+            assert receive_json(alice)["type"] == "presence"
+            assert receive_json(alice) == {"type": "resume", "room": "lobby", "recovered": True, "missed": 1}
+            assert unid(receive_json(alice)) == {"type": "message", "room": "lobby", "user": None, "text": "news"}
+            assert_no_message(alice)
