@@ -25,14 +25,15 @@ import asyncio
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import suppress
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.lowlevel import current_token
 
-__all__ = ["LoopHandle", "Waiter", "Watched"]
+__all__ = ["LoopHandle", "Waiter", "Wakeup", "Watched"]
 
 
 class Waiter(Protocol):
@@ -59,6 +60,42 @@ class _FutureWaiter:
         return self._future
 
 
+class Wakeup(Protocol):
+    """What an idle writer awaits: on asyncio a bare future, which it is cheapest to await and to set.
+
+    A bare `asyncio.Future` takes the event loop's fast path when a task awaits it; a subclass or a
+    wrapper does not (a subclass made the whole idle-and-wake cycle slower, measured).
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+    def __await__(self) -> Generator[Any, None, object]: ...
+
+
+class _EventWakeup:
+    """A `Wakeup` on trio: an `anyio.Event` behind the future's three methods."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, result: None, /) -> None:
+        self._event.set()
+
+    def __await__(self) -> Generator[Any, None, object]:
+        return self._event.wait().__await__()
+
+
+def _sleep0() -> Awaitable[None]:
+    return asyncio.sleep(0)  # what anyio's checkpoint awaits on asyncio, after finding out it runs there
+
+
 class Watched(Protocol):
     """What the asyncio watchdog checks: see `LoopHandle.watch`."""
 
@@ -79,7 +116,18 @@ class LoopHandle:
     watched object a few times per timeout with one timer, instead of one timer each.
     """
 
-    __slots__ = ("__weakref__", "_loop", "_period", "_schedule", "_timer", "_watched", "clock", "thread")
+    __slots__ = (
+        "__weakref__",
+        "_loop",
+        "_period",
+        "_schedule",
+        "_timer",
+        "_watched",
+        "checkpoint",
+        "clock",
+        "thread",
+        "wakeup",
+    )
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
@@ -90,13 +138,25 @@ class LoopHandle:
         self._watched: set[Watched] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._period = 0.5
+        self.wakeup: Callable[[], Wakeup]
+        """Return a new single-use `Wakeup` for this loop: set it with `set_result(None)` unless `done()`.
+
+        On asyncio the loop's own `create_future`, called with no wrapper frame."""
+        self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        """Let the loop's other tasks run: `anyio.lowlevel.checkpoint`, without its backend lookup on asyncio.
+
+        Skipping anyio's backend lookup saved 3% of the instructions per delivery when room writers took
+        a turn every 16 sends (they now take one every 64)."""
         if isinstance(native, asyncio.AbstractEventLoop):
+            self.checkpoint = _sleep0
             self._loop = native
             self._schedule: Callable[[Callable[[], object]], object] = native.call_soon_threadsafe
             self.clock = native.time
+            self.wakeup = native.create_future
         else:  # a trio.lowlevel.TrioToken
             self._schedule = native.run_sync_soon  # type: ignore[attr-defined]
             self.clock = sys.modules["trio"].current_time
+            self.wakeup = _EventWakeup
 
     @classmethod
     def current(cls) -> LoopHandle:

@@ -224,11 +224,26 @@ def test_waiter_set_after_its_wait_was_cancelled_is_harmless() -> None:
     run(scenario)
 
 
+def test_delivery_after_the_idle_writer_was_cancelled_is_queued_quietly() -> None:
+    async def scenario() -> None:
+        member, socket = Member("me", 10, "close", 1.0), Socket()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.run, socket.send)
+            member.deliver(Message("m0", sender="other"))
+            await socket.wait_for(1)  # the writer now waits, idle, on its wake-up
+            tasks.cancel_scope.cancel()
+        member.deliver(Message("m1", sender="other"))  # its wake-up was cancelled with it: nothing raises
+        assert member.queued[0] == 1
+        assert socket.sent == ["m0"]
+
+    run(scenario)
+
+
 def test_check_stall_waits_for_a_whole_timeout_without_progress() -> None:
     async def scenario() -> None:
         member = Member("me", 10, "close", 1.0)
         scope = anyio.CancelScope()  # never entered: only whether it was cancelled matters
-        member._scope, member._sending = scope, True
+        member._stop, member._sending = scope.cancel, True
         member.check_stall(10.0)  # the first look: remembers where the writer stands
         member.check_stall(10.5)  # no progress, but not for a whole timeout
         assert not scope.cancel_called
