@@ -15,6 +15,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
@@ -219,6 +220,8 @@ class RoomEndpoint(Endpoint):
         self._sent: deque[float] | None = None
         self._kick: asyncio.Task[None] | None = None
         self._kicked_with: tuple[int, str] | None = None
+        self._handle: LoopHandle | None = None
+        self._websocket: WebSocket | None = None
 
     @property
     def dropped(self) -> int:
@@ -521,14 +524,10 @@ class RoomEndpoint(Endpoint):
         )
         since = websocket.query_params.get(self.since_param) if self.mode == "json" else None
         gate = member.resume(broker.position) if since is not None and self.history_size else None
-        handle = LoopHandle.current()
-
-        def kicked(code: int, reason: str) -> None:
-            handle.call(lambda: self._start_kick(websocket, code, reason))
-
+        self._handle, self._websocket = LoopHandle.current(), websocket
         # After `resume`: the inbox hands on to the member's gate. It drops what was published
         # before the member entered, which a resume's history read after the entry holds.
-        inbox = Inbox(user, member.deliver, kicked, self.max_queue, broker.position)
+        inbox = Inbox(user, member.deliver, self._kick_soon, self.max_queue, broker.position)
         try:
             entry = await self._membership.enter_async_context(self._member_of(local, member, inbox))
         except BrokerError as exc:
@@ -554,9 +553,15 @@ class RoomEndpoint(Endpoint):
             presence = {"type": "presence", "room": self.room, "users": list(entry.users)}
             member.push_first(_json.dumps(presence))
 
-    def _start_kick(self, websocket: WebSocket, code: int, reason: str) -> None:
+    def _kick_soon(self, code: int, reason: str) -> None:
+        """Close the connection with `code` and `reason` (a kick) soon; any thread may call this."""
+        assert self._handle is not None
+        self._handle.call(partial(self._start_kick, code, reason))
+
+    def _start_kick(self, code: int, reason: str) -> None:
         """Close the connection with `code` and `reason` (a kick), from a task of its own loop."""
-        if self._kicked_with is not None or self.closed_by is not None:
+        websocket = self._websocket
+        if self._kicked_with is not None or self.closed_by is not None or websocket is None:
             return  # kicked twice, or closing anyway: the first close stands
         self._kicked_with = (code, reason)
         if self._start is None:

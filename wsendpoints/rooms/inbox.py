@@ -36,7 +36,11 @@ class Inbox:
             id it does not know; by default `message_order`.
     """
 
-    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_lock", "_order", "user")
+    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_order", "user")
+
+    _lock = threading.Lock()
+    """One lock for every inbox, taken only while one is held or opened: joins are short and rare
+    next to deliveries, and every idle member is smaller by a lock."""
 
     def __init__(
         self,
@@ -53,7 +57,6 @@ class Inbox:
         self._held: list[Message] | None = []
         self._after: tuple[int, ...] | None = None
         self._order = order
-        self._lock = threading.Lock()
 
     def open(self, after: str | None) -> None:
         """Start passing messages on: those held, and all to come, published after `after`."""
