@@ -27,15 +27,6 @@ __all__ = ["DEPART", "ENTER", "PRUNE", "RESTORE"]
 _COMMON = (
     ROOMS_LUA
     + """
-local function number(fields, name)
-  for j = 1, #fields, 2 do
-    if fields[j] == name then
-      return tonumber(fields[j + 1]) or 0
-    end
-  end
-  return 0
-end
-
 local function notice(meta, payload)
   local stream = KEYS[3]
   local kind = redis.call('TYPE', stream)['ok']

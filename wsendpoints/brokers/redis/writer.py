@@ -33,6 +33,16 @@ _REPLAY_SECONDS = 1.0
 """After Redis lost its data, messages it confirmed this long before the loss are sent again."""
 
 ROOMS_LUA = """
+-- The number in field `name` of a stream entry's flat field list, 0 when it has none.
+local function number(fields, name)
+  for j = 1, #fields, 2 do
+    if fields[j] == name then
+      return tonumber(fields[j + 1]) or 0
+    end
+  end
+  return 0
+end
+
 local function now_ms()
   local now = redis.call('TIME')
   return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -69,14 +79,6 @@ APPEND = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
-end
-local function number(fields, name)
-  for j = 1, #fields, 2 do
-    if fields[j] == name then
-      return tonumber(fields[j + 1]) or 0
-    end
-  end
-  return 0
 end
 -- Drop the oldest entries until the stream holds at most `budget` bytes past what it held
 -- before them (`at` of an entry: the stream's bytes up to and including it). Each entry is
