@@ -2,9 +2,13 @@
 
 Each connection is an `asyncio.Protocol` that speaks just enough RFC 6455 for the benchmark:
 the HTTP upgrade, unfragmented text frames, ping (answered) and close. Client frames are
-masked, as the RFC requires, with the all-zero key, so masking costs nothing; no extension is
-offered, so no server compresses. The roles (`EchoClient`, `Receiver`, ...) do their work in
-`on_message`, called straight from `data_received`: no task, queue or future per message.
+masked, as the RFC requires, with the all-zero key, so masking costs nothing. By default no
+extension is offered, so no server compresses; `connect(..., deflate=True)` offers
+permessage-deflate as browsers do, and the connection then inflates every compressed frame
+(one `zlib` decompressor per connection, kept across messages: servers keep their context).
+The client itself always sends plain frames, which the extension allows. The roles
+(`EchoClient`, `Receiver`, ...) do their work in `on_message`, called straight from
+`data_received`: no task, queue or future per message.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import contextlib
 import os
 import select
 import socket
+import zlib
 from collections.abc import Callable, Sequence
 from time import perf_counter_ns
 from typing import TypeVar
 
 __all__ = [
+    "RING",
     "Connection",
     "EchoClient",
     "EchoRun",
@@ -38,6 +44,9 @@ C = TypeVar("C", bound="Connection")
 
 _MASK = b"\x00\x00\x00\x00"
 _CLOSE_1000 = bytes((0x88, 0x82)) + _MASK + (1000).to_bytes(2, "big")
+_DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+"""What Chromium and Firefox offer."""
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 
 class HandshakeError(ConnectionError):
@@ -67,6 +76,8 @@ class Connection(asyncio.Protocol):
         opened: Done when the server has accepted the upgrade (or failed it).
         closed: Done when the TCP connection is gone.
         close_code: The code of the server's close frame, if it sent one.
+        deflate: Whether to offer permessage-deflate (set before connecting).
+        wire_bytes: Bytes read from the socket after the handshake (through a `ReadHub`).
     """
 
     transport: asyncio.Transport
@@ -80,6 +91,9 @@ class Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.close_code: int | None = None
         self.hub: ReadHub | None = None
+        self.deflate = False
+        self.wire_bytes = 0
+        self._inflate: zlib._Decompress | None = None
         self._handshaking = True
         self._buffer = b""
 
@@ -91,8 +105,11 @@ class Connection(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         )
+        if self.deflate:
+            request += f"Sec-WebSocket-Extensions: {_DEFLATE_OFFER}\r\n"
+        request += "\r\n"
         transport.write(request.encode())
 
     def data_received(self, data: bytes) -> None:
@@ -109,6 +126,13 @@ class Connection(asyncio.Protocol):
                 self._fail_open(HandshakeError(f"{self.path}: {status.decode(errors='replace')}"))
                 self.transport.close()
                 return
+            if self.deflate:
+                headers = data[:end].lower()
+                if b"\r\nsec-websocket-extensions:" not in headers or b"permessage-deflate" not in headers:
+                    self._fail_open(HandshakeError(f"{self.path}: the server did not accept permessage-deflate"))
+                    self.transport.close()
+                    return
+                self._inflate = zlib.decompressobj(-15)  # the server's window is at most 2**15
             self.opened.set_result(None)
             data = data[end + 4 :]
             if not data:
@@ -140,6 +164,8 @@ class Connection(asyncio.Protocol):
             first = data[pos]
             if first == 0x81 or first == 0x82:
                 self.on_message(data[start:end], now)
+            elif first & 0x40 and self._inflate is not None:  # RSV1: a compressed (unfragmented) message
+                self.on_message(self._inflate.decompress(data[start:end] + _DEFLATE_TAIL), now)
             else:
                 self._control(first & 0x0F, data[start:end])
             pos = end
@@ -250,6 +276,7 @@ class ReadHub:
             except OSError:
                 data = b""
             if data:
+                connection.wire_bytes += len(data)
                 connection.feed(data, perf_counter_ns())
             else:  # the server closed it
                 connection.abort()
@@ -263,16 +290,20 @@ class ReadHub:
         self.epoll.close()
 
 
-async def connect(factory: Callable[[], C], *, timeout: float = 10.0, rcvbuf: int | None = None) -> C:
+async def connect(
+    factory: Callable[[], C], *, timeout: float = 10.0, rcvbuf: int | None = None, deflate: bool = False
+) -> C:
     """Open the connection `factory()` describes and wait for its upgrade.
 
     Args:
         factory: Makes the protocol; its `host`, `port` and `path` say where to connect.
         timeout: Seconds for the TCP connect and the upgrade together.
         rcvbuf: `SO_RCVBUF` to set before connecting (a small one makes a slow reader stall sooner).
+        deflate: Offer permessage-deflate; the upgrade fails if the server does not accept it.
     """
     loop = asyncio.get_running_loop()
     protocol = factory()
+    protocol.deflate = deflate
     # proto=IPPROTO_TCP, or asyncio leaves Nagle's algorithm on (it sets TCP_NODELAY only then)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
@@ -298,14 +329,16 @@ async def connect(factory: Callable[[], C], *, timeout: float = 10.0, rcvbuf: in
 
 
 async def connect_many(
-    factories: Sequence[Callable[[], C]], *, concurrency: int = 64, timeout: float = 30.0
+    factories: Sequence[Callable[[], C]], *, concurrency: int = 64, timeout: float = 30.0, deflate: bool = False
 ) -> list[C]:
     """Open every connection, at most `concurrency` handshakes at a time; close them all if one fails."""
     done: list[C] = []
     try:
         for start in range(0, len(factories), concurrency):
             batch = factories[start : start + concurrency]
-            opened = await asyncio.gather(*(connect(f, timeout=timeout) for f in batch), return_exceptions=True)
+            opened = await asyncio.gather(
+                *(connect(f, timeout=timeout, deflate=deflate) for f in batch), return_exceptions=True
+            )
             failures = [result for result in opened if isinstance(result, BaseException)]
             done.extend(result for result in opened if not isinstance(result, BaseException))
             if failures:

@@ -22,18 +22,38 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .peers import ECHO_PEERS, OK_PEERS, PEERS, REDIS_PEERS, ROOM_PEERS, SERVERS, Peer, missing_packages
+from .peers import (
+    BURST_PEERS,
+    DEFLATE_PEERS,
+    ECHO_PEERS,
+    OK_PEERS,
+    PEERS,
+    REDIS_PEERS,
+    ROOM_PEERS,
+    SERVERS,
+    Peer,
+    missing_packages,
+)
 from .procs import ROOT, Cores, Process, Processes, fix_malloc, terminate_on_sigterm
 from .report import Row, Run, ScenarioResult, environment, load, now, print_table, render, write_results
 from .scenarios import Fanout, Sample, Settings, echo_sample, memory_sample, settle
 
 __all__ = ["MODES", "SCENARIOS", "main"]
 
-SCENARIOS = ("memory", "echo", "ok", "fanout", "slow", "redis")
+SCENARIOS = ("memory", "echo", "ok", "fanout", "burst", "slow", "deflate", "redis")
 
 MODES: dict[str, Settings] = {
     "full": Settings(reps=7, warmup=1.0, duration=2.0, slow_reps=3, slow_warmup=2.0, slow_duration=2.0),
-    "quick": Settings(reps=3, warmup=0.3, duration=0.6, slow_reps=2, slow_warmup=1.0, slow_duration=1.0),
+    "quick": Settings(
+        reps=3,
+        warmup=0.3,
+        duration=0.6,
+        slow_reps=2,
+        slow_warmup=1.0,
+        slow_duration=1.0,
+        burst_reps=2,
+        deflate_reps=1,
+    ),
     "smoke": Settings(
         reps=1,
         warmup=0.05,
@@ -48,6 +68,9 @@ MODES: dict[str, Settings] = {
         idle_members=20,
         redis_members=4,
         stall_after=0.5,
+        bursts=((5, 40), (12, 10)),
+        burst_reps=1,
+        deflate_reps=1,
     ),
 }
 """Each mode's sizes and times: "full" (the default, about ten minutes), "quick" (about two), "smoke" (seconds)."""
@@ -77,11 +100,18 @@ def rotated(peers: Sequence[Peer], rep: int) -> list[Peer]:
     return [*peers[shift:], *peers[:shift]]
 
 
-def ratios(samples: Sequence[Sample], references: Sequence[Sample]) -> tuple[list[float], list[float]]:
-    """Pair `samples` with `references` repetition by repetition: value ratios, and CPU-per-message ratios."""
+def ratios(
+    samples: Sequence[Sample], references: Sequence[Sample], clean_only: bool = False
+) -> tuple[list[float], list[float]]:
+    """Pair `samples` with `references` repetition by repetition: value ratios, and CPU-per-message ratios.
+
+    With `clean_only`, a repetition counts only if both its samples are clean (nothing lost, nobody closed).
+    """
     values: list[float] = []
     cpu: list[float] = []
     for sample, reference in zip(samples, references, strict=False):
+        if clean_only and not (sample.clean and reference.clean):
+            continue
         if reference.value:
             values.append(sample.value / reference.value)
         mine, theirs = sample.cpu_per_op, reference.cpu_per_op
@@ -93,7 +123,7 @@ def ratios(samples: Sequence[Sample], references: Sequence[Sample]) -> tuple[lis
 def against_baseline(rows: list[Row]) -> list[Row]:
     """Set each row's ratios against the first row's samples of the same repetitions; return `rows`."""
     for row in rows:
-        row.ratios, row.cpu_ratios = ratios(row.samples, rows[0].samples)
+        row.ratios, row.cpu_ratios = ratios(row.samples, rows[0].samples, row.clean_only)
     return rows
 
 
@@ -212,6 +242,107 @@ class Harness:
             ],
         )
 
+    async def _burst_room(self, peer: Peer, name: str, members: int, messages: int, deflate: bool = False) -> Fanout:
+        """Open a room of `members` receivers on `peer`'s server, warmed up by one short unmeasured burst."""
+        settings = self.settings
+        room = Fanout([self.servers[peer.server]], name, members, settings, settings.message_size, deflate=deflate)
+        try:
+            await room.open()
+            await room.burst(min(messages, 100))
+        except BaseException:
+            await room.close()
+            raise
+        return room
+
+    async def _bursts(
+        self, key: str, peers: list[Peer], members: int, messages: int, modes: Sequence[bool], reps: int
+    ) -> dict[str, Row]:
+        """Bursts of `messages` into rooms of `members` readers, per peer and deflate mode, interleaved.
+
+        The rooms stay open across repetitions; a room whose burst was not clean (a loss, a close)
+        is closed and a new one opened for the next. Samples with compression go to each row's
+        `samples` and those without to its `reference` when `modes` has both.
+        """
+        rows = {peer.key: Row(peer, clean_only=True) for peer in peers}
+        rooms: dict[tuple[str, bool], Fanout] = {}
+        try:
+            for rep in range(reps):
+                for peer in rotated(peers, rep):
+                    server = self.servers[peer.server]
+                    for deflate in modes:
+                        room = rooms.get((peer.key, deflate))
+                        if room is None:
+                            name = f"{RUN_ID}{key}{'d' if deflate else ''}-{rep}"
+                            room = rooms[peer.key, deflate] = await self._burst_room(
+                                peer, name, members, messages, deflate
+                            )
+                        sample = await room.burst(messages)
+                        row = rows[peer.key]
+                        (row.reference if len(modes) > 1 and not deflate else row.samples).append(sample)
+                        mode = " with deflate" if deflate else ""
+                        log(f"  {key} rep {rep + 1}/{reps} {peer.label}{mode}: {describe(sample, 'deliveries/s')}")
+                        if not sample.clean:
+                            await rooms.pop((peer.key, deflate)).close()
+                        await settle([server])
+        finally:
+            for room in rooms.values():
+                await room.close()
+        return rows
+
+    async def burst(self, peers: list[Peer], members: int, messages: int) -> ScenarioResult:
+        """One sender's burst of `messages` in a row into a room of `members` readers reading as fast as they can."""
+        settings = self.settings
+        key = f"burst{members}x{messages}"
+        rows = await self._bursts(key, peers, members, messages, (False,), settings.burst_reps)
+        return ScenarioResult(
+            key,
+            f"Bursts: deliveries/s, {members:,} members x {messages:,} messages sent in a row by one member",
+            "deliveries/s",
+            "peer / raw ASGI with unbounded queues (runs where nothing was lost and nobody closed)",
+            against_baseline([rows[peer.key] for peer in peers]),
+            short=f"Bursts, {members:,} members x {messages:,} messages",
+            latency=False,
+            notes=[
+                f"The sender writes {messages:,} messages of {settings.message_size} bytes at once; the window "
+                "runs from that write until every receiver has the last one. Figures count only runs where "
+                "nothing was lost, nothing came out of order and nobody (receivers or sender) was closed; a run "
+                f"that delivers nothing for {settings.burst_stall:g} s is given up and what never came is lost. "
+                "Each room gets one unmeasured burst of up to 100 messages first; a room whose run was not clean "
+                "is replaced.",
+                "The baseline is the raw ASGI app with unbounded queues (`BENCH_RAW_MAX_QUEUE=0`): it delivers "
+                "everything with no bookkeeping at all, the ceiling. The same app with its queues of 1,024 and no "
+                "flow control drops every reader of a burst longer than that. *Peak server RSS* is the kernel's "
+                "high-water mark over the run.",
+            ],
+        )
+
+    async def deflate(self, peers: list[Peer], members: int, messages: int) -> ScenarioResult:
+        """The bursts with permessage-deflate negotiated, against the same bursts without, per peer."""
+        settings = self.settings
+        key = f"deflate{members}x{messages}"
+        rows = await self._bursts(key, peers, members, messages, (False, True), settings.deflate_reps)
+        ordered = [rows[peer.key] for peer in peers]
+        for row in ordered:
+            row.ratios, row.cpu_ratios = ratios(row.samples, ordered[0].samples, clean_only=True)
+        return ScenarioResult(
+            key,
+            f"permessage-deflate: deliveries/s, {members:,} members x {messages:,}-message bursts, every "
+            "connection compressed",
+            "deliveries/s",
+            "peer / raw ASGI, both with permessage-deflate (runs where nothing was lost and nobody closed)",
+            ordered,
+            short=f"Bursts with permessage-deflate, {members:,} x {messages:,}",
+            latency=False,
+            notes=[
+                "Every connection offers permessage-deflate as browsers do (`client_max_window_bits`); uvicorn "
+                "accepts it (12-bit windows, `memLevel` 5, context takeover) and compresses each member's copy "
+                "separately. The client inflates every message. *Uncompressed* is the same peer's bursts without "
+                "the offer, run alternately with these; *bytes per delivery on the wire* are what the receivers "
+                "read, frame headers included. The messages are a sequence number and a fixed filler, so they "
+                "compress better than chat text.",
+            ],
+        )
+
     async def slow(self, peers: list[Peer]) -> ScenarioResult:
         """The others' deliveries/s with one member that stopped reading, against the same room with none."""
         settings = self.settings
@@ -272,8 +403,22 @@ async def run_local_scenarios(harness: Harness, scenarios: list[str]) -> None:
                 return await harness.fanout(f"fanout{members}", title, short, members, rooms, harness.servers_of)
 
             await harness.scenario(f"fanout{members}", fanout)
+    bursts = selected["burst"]
+    if "burst" in scenarios and bursts:
+        for members, messages in harness.settings.bursts:
+            await harness.scenario(
+                f"burst{members}x{messages}",
+                lambda members=members, messages=messages: harness.burst(bursts, members, messages),  # type: ignore[misc]
+            )
     if "slow" in scenarios and rooms:
         await harness.scenario("slow", lambda: harness.slow(rooms))
+    compressed = selected["deflate"]
+    if "deflate" in scenarios and compressed:
+        for members, messages in harness.settings.bursts:
+            await harness.scenario(
+                f"deflate{members}x{messages}",
+                lambda members=members, messages=messages: harness.deflate(compressed, members, messages),  # type: ignore[misc]
+            )
 
 
 def run_redis_scenario(harness: Harness, procs: Processes, peers: list[Peer]) -> None:
@@ -312,7 +457,14 @@ def run_redis_scenario(harness: Harness, procs: Processes, peers: list[Peer]) ->
 
 def select_peers(wanted: set[str] | None) -> tuple[dict[str, list[Peer]], list[str]]:
     """Pick the peers asked for (the baselines always) whose packages import; say why others are left out."""
-    families = {"echo": ECHO_PEERS, "ok": OK_PEERS, "rooms": ROOM_PEERS, "redis": REDIS_PEERS}
+    families = {
+        "echo": ECHO_PEERS,
+        "ok": OK_PEERS,
+        "rooms": ROOM_PEERS,
+        "burst": BURST_PEERS,
+        "deflate": DEFLATE_PEERS,
+        "redis": REDIS_PEERS,
+    }
     skipped: list[str] = []
     selected: dict[str, list[Peer]] = {}
     for family, peers in families.items():
@@ -397,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides: dict[str, Any] = {}
     if args.reps is not None:
-        overrides.update(reps=args.reps, slow_reps=args.reps)
+        overrides.update(reps=args.reps, slow_reps=args.reps, burst_reps=args.reps, deflate_reps=args.reps)
     if args.duration is not None:
         overrides["duration"] = args.duration
     settings = dataclasses.replace(MODES[args.mode], **overrides)
@@ -411,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     fix_malloc()
     cores = Cores.detect(pin=not args.no_pin)
     cores.pin_client()
-    raise_fd_limit(4 * (max(settings.idle_members, *settings.fanout_sizes) + 500) * len(ROOM_PEERS))
+    largest = max(settings.idle_members, *settings.fanout_sizes, *(members for members, _ in settings.bursts))
+    raise_fd_limit(4 * (largest + 500) * len(BURST_PEERS))
     log(f"mode {args.mode}: {cores.describe()}")
     env = environment()
     gc.disable()  # the load client collects between measurements (`settle`), never during one
@@ -421,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         local = [key for key in scenarios if key != "redis"]
         families = ["echo"] * ("echo" in local) + ["ok"] * ("ok" in local)
         families += ["rooms"] * bool({"memory", "fanout", "slow"} & set(local))
+        families += [family for family in ("burst", "deflate") if family in local]
         needed = sorted({peer.server for family in families for peer in selected[family]})
         if needed:
             log(f"starting {', '.join(needed)}")
@@ -434,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     env["loadavg_end"] = environment()["loadavg"]
     settings_rows = {
         "mode": args.mode,
-        "repetitions": f"{settings.reps} (slow consumer: {settings.slow_reps}), interleaved across peers",
+        "repetitions": f"{settings.reps} (slow consumer: {settings.slow_reps}; bursts: {settings.burst_reps}; "
+        f"deflate: {settings.deflate_reps}), interleaved across peers",
+        "bursts": ", ".join(f"{members:,} members x {messages:,} messages" for members, messages in settings.bursts),
         "warm-up / window": f"{settings.warmup} s / {settings.duration} s "
         f"(slow consumer: {settings.slow_warmup} s / {settings.slow_duration} s)",
         "pinning": cores.describe(),

@@ -7,12 +7,25 @@ from dataclasses import dataclass
 
 from .procs import ServerSpec
 
-__all__ = ["ECHO_PEERS", "OK_PEERS", "PEERS", "REDIS_PEERS", "ROOM_PEERS", "SERVERS", "Peer", "missing_packages"]
+__all__ = [
+    "BURST_PEERS",
+    "DEFLATE_PEERS",
+    "ECHO_PEERS",
+    "OK_PEERS",
+    "PEERS",
+    "REDIS_PEERS",
+    "ROOM_PEERS",
+    "SERVERS",
+    "Peer",
+    "missing_packages",
+]
 
 SERVERS: dict[str, ServerSpec] = {
     spec.key: spec
     for spec in (
         ServerSpec("raw", "asgi", "benchmarks.servers.raw_asgi:app"),
+        # the bursts' baseline: the same app with unbounded queues (see raw_asgi's docstring)
+        ServerSpec("raw-unbounded", "asgi", "benchmarks.servers.raw_asgi:app", (("BENCH_RAW_MAX_QUEUE", "0"),)),
         ServerSpec("starlette", "asgi", "benchmarks.servers.starlette_endpoint:app"),
         ServerSpec("fastapi", "asgi", "benchmarks.servers.fastapi_app:app"),
         ServerSpec("broadcaster", "asgi", "benchmarks.servers.broadcaster_app:app"),
@@ -90,6 +103,22 @@ ROOM_PEERS = _family(
     ],
 )
 
+BURST_PEERS = _family(
+    "/rooms",
+    [
+        ("raw", "raw ASGI, unbounded queues", "raw-unbounded", ()),
+        ("raw-bounded", "raw ASGI, queues of 1,024", "raw", ()),
+        ("fastapi", "FastAPI ConnectionManager", "fastapi", ("fastapi",)),
+        ("broadcaster", "broadcaster (memory)", "broadcaster", ("broadcaster",)),
+        ("websockets", "websockets broadcast()", "websockets", ("websockets",)),
+        ("wsendpoints", "wsendpoints RoomEndpoint", "wsendpoints", ("wsendpoints.endpoints.room",)),
+    ],
+)
+"""The bursts: raw ASGI with unbounded queues is the baseline (with bounded ones it drops every reader)."""
+
+DEFLATE_PEERS = [peer for peer in BURST_PEERS if peer.key in ("raw", "wsendpoints")]
+"""permessage-deflate bursts: wsendpoints and its baseline, each with and without compression."""
+
 REDIS_PEERS = _family(
     "/rooms",
     [
@@ -104,7 +133,7 @@ REDIS_PEERS = _family(
     ],
 )
 
-PEERS = sorted({peer.key for family in (ECHO_PEERS, OK_PEERS, ROOM_PEERS, REDIS_PEERS) for peer in family})
+PEERS = sorted({peer.key for family in (ECHO_PEERS, OK_PEERS, ROOM_PEERS, BURST_PEERS, REDIS_PEERS) for peer in family})
 """Every peer key `--peers` accepts."""
 
 

@@ -116,13 +116,13 @@ def process_cpu_seconds() -> float:
     return time.process_time()
 
 
-def rss_bytes(pid: int) -> int:
-    """Return the resident set size of `pid`."""
+def rss_bytes(pid: int, field: str = "VmRSS:") -> int:
+    """Return the resident set size of `pid` (or another size of `/proc/PID/status`, such as its peak)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def free_port() -> int:
@@ -190,6 +190,15 @@ class Process:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def reset_peak_rss(self) -> None:
+        """Start the kernel's peak RSS count (`VmHWM`) again from the current RSS, where Linux allows it."""
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+
+    def peak_rss(self) -> int:
+        """Return the peak RSS since the process started, or since `reset_peak_rss`."""
+        return rss_bytes(self.pid, "VmHWM:")
 
     def check_alive(self) -> None:
         if self.popen.poll() is not None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +35,9 @@ __all__ = [
     "write_results",
 ]
 
+ISSUES = {13: "performance round two", 10: "flow control"}
+"""The issues whose targets RESULTS.md checks, in the order of its tables."""
+
 PACKAGES = ("uvicorn", "starlette", "fastapi", "websockets", "broadcaster", "redis", "anyio", "wsendpoints")
 
 
@@ -47,7 +51,14 @@ class Row:
     cpu_ratios: list[float] = field(default_factory=list)
     """Per repetition: the reference's server CPU per message / this peer's (higher is leaner)."""
     reference: list[Sample] = field(default_factory=list)
-    """Slow consumer: the same peer's samples without the stopped reader."""
+    """Slow consumer: the same peer's samples without the stopped reader; deflate: without compression."""
+    clean_only: bool = False
+    """Whether its figures count only the clean samples (nothing lost, nobody closed: fan-out and bursts)."""
+
+    @property
+    def counted(self) -> list[Sample]:
+        """The samples its figures come from: all, or with `clean_only` the clean ones."""
+        return [sample for sample in self.samples if sample.clean] if self.clean_only else self.samples
 
     @property
     def cpu_ratio(self) -> float | None:
@@ -55,19 +66,19 @@ class Row:
 
     @property
     def cpu_per_op(self) -> float | None:
-        values = [value for sample in self.samples if (value := sample.cpu_per_op) is not None]
-        return statistics.median(values) if values else None
+        return _cpu_per_op(self.counted)
 
     @property
     def value(self) -> float:
-        return statistics.median(sample.value for sample in self.samples)
+        counted = self.counted
+        return statistics.median(sample.value for sample in counted) if counted else 0.0
 
     @property
     def ratio(self) -> float | None:
         return statistics.median(self.ratios) if self.ratios else None
 
-    def median_of(self, attribute: str) -> float | None:
-        values = [getattr(sample, attribute) for sample in self.samples]
+    def median_of(self, attribute: str, samples: list[Sample] | None = None) -> float | None:
+        values = [getattr(sample, attribute) for sample in (self.counted if samples is None else samples)]
         present = [value for value in values if value is not None]
         return statistics.median(present) if present else None
 
@@ -78,6 +89,7 @@ class Row:
             "reference": [dataclasses.asdict(sample) for sample in self.reference],
             "ratios": self.ratios,
             "cpu_ratios": self.cpu_ratios,
+            "clean_only": self.clean_only,
         }
 
     @classmethod
@@ -89,6 +101,7 @@ class Row:
             data["ratios"],
             data["cpu_ratios"],
             [Sample(**sample) for sample in data["reference"]],
+            data.get("clean_only", False),
         )
 
     @property
@@ -106,6 +119,11 @@ class Row:
     @property
     def closed(self) -> int:
         return sum(sample.closed for sample in self.samples)
+
+
+def _cpu_per_op(samples: list[Sample]) -> float | None:
+    values = [value for sample in samples if (value := sample.cpu_per_op) is not None]
+    return statistics.median(values) if values else None
 
 
 @dataclass
@@ -144,12 +162,13 @@ class ScenarioResult:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One of issue 6's targets for wsendpoints, and whether this run met it."""
+    """One of the issues' targets for wsendpoints, and whether this run met it (None: nothing to meet)."""
 
     name: str
     wanted: str
     measured: str
     met: bool | None
+    issue: int = 13
 
 
 def _fmt_number(value: float | None, digits: int = 0) -> str:
@@ -172,21 +191,61 @@ def _fmt_cpu(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
+def _is_burst(result: ScenarioResult) -> bool:
+    return result.key.startswith(("burst", "deflate"))
+
+
+def _burst_notes(result: ScenarioResult, row: Row) -> list[str]:
+    """Bursts: which runs were clean, what the server's memory peaked at; deflate: what compression cost."""
+    notes = []
+    unclean = [sample for sample in row.samples if not sample.clean]
+    if not unclean:
+        notes.append("nothing lost, nobody closed")
+    else:
+        lost, closed = sum(s.lost for s in unclean), sum(s.closed for s in unclean)
+        text = f"{len(unclean)} of {len(row.samples)} runs lost {lost:,}, {closed:,} closed"
+        if any(s.errors for s in unclean):
+            text += f", {sum(s.errors for s in unclean):,} out of order"
+        if any(s.stalled for s in unclean):
+            text += ", gave up"
+        notes.append(text)
+    peak = row.median_of("peak_rss", row.samples)
+    if peak:
+        notes.append(f"peak server RSS {peak / 2**20:,.0f} MiB")
+    if result.key.startswith("deflate") and row.reference:
+        plain = [sample for sample in row.reference if sample.clean]
+        off, on = _cpu_per_op(plain), row.cpu_per_op
+        if off and on:
+            notes.append(f"uncompressed: {off:.2f} µs; compression costs {on - off:+.2f} µs/delivery ({on / off:.2f}x)")
+        wire_off, wire_on = _wire_per_delivery(plain), _wire_per_delivery(row.counted)
+        if wire_off and wire_on:
+            notes.append(f"bytes per delivery on the wire {wire_off:.1f} -> {wire_on:.1f}")
+    return notes
+
+
+def _wire_per_delivery(samples: list[Sample]) -> float | None:
+    values = [sample.wire_bytes / sample.deliveries for sample in samples if sample.deliveries]
+    return statistics.median(values) if values else None
+
+
 def _row_notes(result: ScenarioResult, row: Row) -> str:
     notes = []
     reps = len(row.samples)
-    if result.key.startswith(("fanout", "slow", "redis")) and not row.stalled:
+    burst = _is_burst(result)
+    if burst:
+        notes += _burst_notes(result, row)
+    elif result.key.startswith(("fanout", "slow", "redis")) and not row.stalled:
         notes.append(f"{row.lost:,} lost" if row.lost else "nothing lost")
-    if row.stalled:
+    if row.stalled and not burst:
         notes.append(f"stalled in {row.stalled}/{reps}")
-    if row.errors:
+    if row.errors and not burst:
         notes.append(f"{row.errors:,} errors")
-    if row.closed:
+    if row.closed and not burst:
         notes.append(f"{row.closed} closed by server")
     server_cpu = row.median_of("server_cpu")
     if result.key != "memory" and server_cpu is not None and server_cpu < 0.85 and not row.stalled:
         notes.append("server under 85% busy: disturbed, or waiting")
-    if row.reference:
+    if row.reference and result.key == "slow":
         normal = statistics.median(sample.value for sample in row.reference)
         notes.append(f"without it: {normal:,.0f}/s")
         growth = statistics.median(sample.rss_growth for sample in row.samples) / 2**20
@@ -208,12 +267,12 @@ def table_lines(result: ScenarioResult) -> list[str]:
     for row in result.rows:
         cells = [
             f"**{row.peer.label}**" if row.peer.ours else row.peer.label,
-            _fmt_number(row.value / result.scale, 1 if result.scale != 1 else 0),
+            _fmt_number(row.value / result.scale, 1 if result.scale != 1 else 0) if row.counted else "no clean run",
             _fmt_ratio(row.ratio),
             _fmt_range(row.ratios),
         ]
         if result.key != "memory":
-            cells += [_fmt_number(row.cpu_per_op, 1), _fmt_ratio(row.cpu_ratio)]
+            cells += [_fmt_number(row.cpu_per_op, 2 if _is_burst(result) else 1), _fmt_ratio(row.cpu_ratio)]
         if result.latency:
             cells += [_fmt_number(row.median_of("p50_us")), _fmt_number(row.median_of("p99_us"))]
         if result.key != "memory":
@@ -233,31 +292,46 @@ def print_table(results: list[ScenarioResult]) -> None:
 # targets
 
 
-def _paired(mine: list[Sample], theirs: list[Sample]) -> tuple[float | None, float | None]:
-    """Median ratios of `mine` to `theirs`, repetition by repetition: of the values, and of CPU efficiency."""
-    values = [a.value / b.value for a, b in zip(mine, theirs, strict=False) if b.value]
-    cpu = [
-        b.cpu_per_op / a.cpu_per_op
-        for a, b in zip(mine, theirs, strict=False)
-        if a.cpu_per_op is not None and b.cpu_per_op is not None
-    ]
+def _paired(mine: list[Sample], theirs: list[Sample], clean_only: bool = False) -> tuple[float | None, float | None]:
+    """Median ratios of `mine` to `theirs`, repetition by repetition: of the values, and of CPU efficiency.
+
+    With `clean_only`, a repetition counts only if both samples of it are clean.
+    """
+    pairs = [(a, b) for a, b in zip(mine, theirs, strict=False) if not clean_only or (a.clean and b.clean)]
+    values = [a.value / b.value for a, b in pairs if b.value]
+    cpu = [b.cpu_per_op / a.cpu_per_op for a, b in pairs if a.cpu_per_op is not None and b.cpu_per_op is not None]
     return (statistics.median(values) if values else None, statistics.median(cpu) if cpu else None)
 
 
-def _both(value: float | None, cpu: float | None, at_least: float) -> tuple[str, bool | None]:
-    """Show a throughput ratio with its CPU ratio; met only if both reach `at_least`."""
+def _both(value: float | None, cpu: float | None, at_least: float, above: bool = False) -> tuple[str, bool | None]:
+    """Show a throughput ratio with its CPU ratio; met only if both reach `at_least` (or pass it, with `above`)."""
     if value is None:
         return "-", None
     shown = _fmt_ratio(value) + (f" (CPU {_fmt_ratio(cpu)})" if cpu is not None else "")
-    return shown, value >= at_least and (cpu is None or cpu >= at_least)
+
+    def reaches(ratio: float) -> bool:
+        return ratio > at_least if above else ratio >= at_least
+
+    return shown, reaches(value) and (cpu is None or reaches(cpu))
+
+
+def _clean_runs(row: Row) -> str:
+    """How many of a burst row's runs were clean, and what the others lost."""
+    clean = len(row.counted)
+    text = f"{clean} of {len(row.samples)} runs clean"
+    lost, closed = row.lost, row.closed
+    if lost or closed:
+        text += f" ({lost:,} lost, {closed:,} closed)"
+    return text
 
 
 def targets(results: list[ScenarioResult]) -> list[Target]:
-    """Check wsendpoints against issue 6's targets, for the scenarios that ran.
+    """Check wsendpoints against the targets of issues 13 and 10, for the scenarios that ran.
 
     A throughput target counts as met only when the CPU ratio (server CPU per message) reaches
     it too: on a busy machine one repetition can get more of the core than another, and the
-    throughput ratio then says more about the machine than about the peers.
+    throughput ratio then says more about the machine than about the peers. Fan-out and burst
+    figures count only runs where nothing was lost and nobody was closed.
     """
     by_key = {result.key: result for result in results}
     found: list[Target] = []
@@ -266,50 +340,111 @@ def targets(results: list[ScenarioResult]) -> list[Target]:
         result = by_key.get(key)
         return None if result is None else next((row for row in result.rows if match(row.peer)), None)
 
+    def ours(key: str) -> Row | None:
+        return row_of(key, lambda peer: peer.ours)
+
+    def peer(key: str, name: str) -> Row | None:
+        return row_of(key, lambda other: other.key == name)
+
     for key, name in (("echo", "EchoEndpoint round trips"), ("ok", "OKEndpoint round trips")):
-        row = row_of(key, lambda peer: peer.ours)
-        if row is not None and row.ratio is not None:
-            shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
-            found.append(Target(name, ">= 0.95x raw ASGI", shown, met))
-    for key in sorted((key for key in by_key if key.startswith("fanout")), key=lambda k: int(k[6:])):
-        row = row_of(key, lambda peer: peer.ours)
+        row = ours(key)
         if row is None or row.ratio is None:
             continue
-        members = key[6:]
-        clean = row.lost == 0 and not row.stalled and not row.errors
         shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
+        found.append(Target(name, ">= 0.95x raw ASGI", shown, met, 13))
+        starlette = peer(key, "starlette")
+        if starlette is not None:
+            shown, met = _both(*_paired(row.samples, starlette.samples), 1.0, above=True)
+            found.append(Target(f"{name} vs {starlette.peer.label}", "above it (> 1.00x)", shown, met, 13))
+    for key in sorted((key for key in by_key if key.startswith("burst")), key=_burst_order):
+        row = ours(key)
+        if row is None:
+            continue
+        clean = len(row.counted) == len(row.samples) > 0
+        shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
+        shown = ("no clean run" if shown == "-" else shown) + f"; {_clean_runs(row)}"
+        size = _burst_size(key)
         found.append(
             Target(
-                f"RoomEndpoint fan-out, {members} members",
-                ">= 0.95x raw ASGI, nothing lost",
-                shown + ("" if clean else f"; {_row_notes(by_key[key], row)}"),
+                f"RoomEndpoint fan-out, {size}, flow control on",
+                ">= 0.95x raw ASGI (unbounded queues); nothing lost, nobody closed",
+                shown,
                 bool(met) and clean,
+                13,
             )
         )
-        for peer in ("fastapi", "broadcaster"):
-            them = row_of(key, lambda other, peer=peer: other.key == peer)  # type: ignore[misc]
-            if them is not None:
-                shown, met = _both(*_paired(row.samples, them.samples), 1.25)
-                found.append(Target(f"RoomEndpoint vs {them.peer.label}, {members} members", ">= 1.25x", shown, met))
-    row = row_of("slow", lambda peer: peer.ours)
+    for key in sorted((key for key in by_key if key.startswith("fanout")), key=lambda k: int(k[6:])):
+        row = ours(key)
+        if row is None or row.ratio is None:
+            continue
+        members = int(key[6:])
+        wanted = {100: 0.90, 1000: 0.88}.get(members, 0.90)
+        clean = all(sample.clean for sample in row.samples)
+        shown, met = _both(row.ratio, row.cpu_ratio, wanted)
+        found.append(
+            Target(
+                f"RoomEndpoint fan-out with flow control, {members:,} members (closed loop)",
+                f">= {wanted:.2f}x raw ASGI, nothing lost",
+                shown + ("" if clean else f"; {_row_notes(by_key[key], row)}"),
+                bool(met) and clean,
+                10,
+            )
+        )
+    row = ours("slow")
     if row is not None and row.ratio is not None:
         shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
         found.append(
             Target(
-                "slow consumer: the others' rate",
+                "one stuck member among 100: the others' rate",
                 ">= 0.95x of the room without it; no stall, nothing lost",
                 shown + (f"; stalled in {row.stalled}" if row.stalled else "; no stall"),
                 bool(met) and not row.stalled and row.lost == 0,
+                13,
             )
         )
-    row = row_of("memory", lambda peer: peer.ours)
+    row = ours("memory")
     if row is not None and row.ratio is not None:
-        found.append(Target("idle memory per member", "<= 1.15x raw ASGI", _fmt_ratio(row.ratio), row.ratio <= 1.15))
-    row = row_of("redis", lambda peer: peer.ours)
-    if row is not None and row.ratio is not None:
-        shown, _ = _both(row.ratio, row.cpu_ratio, 0.0)
-        found.append(Target("Redis fan-out, two processes", "(none; against raw ASGI + redis-py pub/sub)", shown, None))
+        found.append(
+            Target("memory per idle member", "<= 1.15x raw ASGI", _fmt_ratio(row.ratio), row.ratio <= 1.15, 13)
+        )
+    row = ours("redis")
+    if row is not None:
+        ceiling, _ = _both(row.ratio, row.cpu_ratio, 0.0)
+        broadcaster = peer("redis", "broadcaster")
+        if broadcaster is not None:
+            shown, met = _both(*_paired(row.samples, broadcaster.samples, clean_only=True), 1.25)
+            shown += f"; ceiling: {ceiling} of raw ASGI + redis-py"
+        else:
+            shown, met = f"(broadcaster not measured); ceiling: {ceiling} of raw ASGI + redis-py", None
+        found.append(Target("Redis fan-out, two processes, vs broadcaster's Redis backend", ">= 1.25x", shown, met, 13))
+    for key in sorted((key for key in by_key if key.startswith("deflate")), key=_burst_order):
+        size = _burst_size(key)
+        for row in by_key[key].rows:
+            on, off = row.cpu_per_op, _cpu_per_op([s for s in row.reference if s.clean])
+            if on is None or off is None:
+                continue
+            shown = f"{off:.2f} -> {on:.2f} µs server CPU per delivery ({on - off:+.2f} µs, {on / off:.2f}x)"
+            wire_off, wire_on = (
+                _wire_per_delivery([s for s in row.reference if s.clean]),
+                _wire_per_delivery(row.counted),
+            )
+            if wire_off and wire_on:
+                shown += f"; {wire_off:.1f} -> {wire_on:.1f} bytes per delivery on the wire"
+            found.append(Target(f"permessage-deflate cost, {row.peer.label}, {size}", "measured", shown, None, 13))
     return found
+
+
+def _burst_order(key: str) -> tuple[int, int]:
+    """(members, messages) of a burst scenario's key, "burst100x2000" or "deflate100x2000"."""
+    found = re.fullmatch(r"[a-z]+(\d+)x(\d+)", key)
+    if found is None:
+        raise ValueError(f"not a burst scenario: {key!r}")
+    return int(found[1]), int(found[2])
+
+
+def _burst_size(key: str) -> str:
+    members, messages = _burst_order(key)
+    return f"{members:,} members x {messages:,}-message bursts"
 
 
 # environment
@@ -413,16 +548,20 @@ def markdown(run: Run, chart: str | None, chart_note: str = "") -> str:
     elif chart_note:
         lines += [chart_note, ""]
     found = targets(run.results)
-    if found:
+    for issue, what in ISSUES.items():
+        mine = [target for target in found if target.issue == issue]
+        if not mine:
+            continue
         lines += [
-            "## wsendpoints against the targets of issue 6",
+            f"## wsendpoints against the targets of issue {issue} ({what})",
             "",
-            "Throughput targets count as met only when the CPU ratio reaches them too.",
+            "Throughput targets count as met only when the CPU ratio reaches them too; fan-out and burst",
+            "figures count only runs where nothing was lost and nobody was closed.",
             "",
             "| target | wanted | measured | met |",
             "|---|---|---|---|",
         ]
-        for target in found:
+        for target in mine:
             met = "-" if target.met is None else ("yes" if target.met else "**no**")
             lines.append(f"| {target.name} | {target.wanted} | {target.measured} | {met} |")
         lines.append("")

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from .client import (
+    RING,
     Connection,
     EchoClient,
     EchoRun,
@@ -28,6 +29,7 @@ from .client import (
     close_all,
     connect,
     connect_many,
+    text_frame,
 )
 from .procs import Process, process_cpu_seconds
 
@@ -71,6 +73,12 @@ class Settings:
     redis_members: int = 100
     stall_after: float = 1.0
     read_pace: float = 0.001
+    bursts: tuple[tuple[int, int], ...] = ((100, 2000), (1000, 200))
+    """(members, messages) of each burst scenario."""
+    burst_reps: int = 3
+    deflate_reps: int = 3
+    burst_stall: float = 5.0
+    """Seconds without any delivery after which a burst is given up (a peer that lost messages)."""
 
 
 @dataclass(slots=True)
@@ -88,6 +96,9 @@ class Sample:
         stalled: Whether deliveries stopped for `stall_after` seconds or more.
         closed: Healthy connections the server closed during the run.
         rss_growth: How much the (first) server's RSS grew over warm-up and window, in bytes.
+        peak_rss: Bursts: the (first) server's peak RSS during the burst, in bytes.
+        wire_bytes: Bursts: bytes the healthy receivers read from their sockets, frames and all.
+        deliveries: Bursts: messages the healthy receivers got.
     """
 
     value: float
@@ -100,6 +111,14 @@ class Sample:
     stalled: bool = False
     closed: int = 0
     rss_growth: int = 0
+    peak_rss: int = 0
+    wire_bytes: int = 0
+    deliveries: int = 0
+
+    @property
+    def clean(self) -> bool:
+        """Whether nothing was lost, nothing came out of order, nobody was closed and nothing stalled."""
+        return not (self.lost or self.errors or self.closed or self.stalled)
 
     @property
     def cpu_per_op(self) -> float | None:
@@ -199,11 +218,19 @@ class Fanout:
 
     Receivers are spread over `servers` in turn (the two-process scenario); the sender joins
     the first server. `slow` makes one more receiver, with a small receive buffer, that
-    `sample(stop_reading=True)` stops reading.
+    `sample(stop_reading=True)` stops reading. `deflate` has every connection offer
+    permessage-deflate.
     """
 
     def __init__(
-        self, servers: Sequence[Process], room: str, members: int, settings: Settings, size: int, slow: bool = False
+        self,
+        servers: Sequence[Process],
+        room: str,
+        members: int,
+        settings: Settings,
+        size: int,
+        slow: bool = False,
+        deflate: bool = False,
     ) -> None:
         self.servers = servers
         self.room = room
@@ -211,6 +238,7 @@ class Fanout:
         self.settings = settings
         self.size = size
         self.slow = slow
+        self.deflate = deflate
         self.run = FanoutRun(settings.window, size)
         self.receivers: list[Receiver] = []
         self.sender: Sender | None = None
@@ -229,17 +257,19 @@ class Fanout:
         # The first member of each server joins alone: broadcaster loses subscribers that join a
         # channel concurrently with its first one (it awaits the backend, then overwrites the set).
         first = len(self.servers)
-        self.receivers = await connect_many(makes[:first], concurrency=1)
+        self.receivers = await connect_many(makes[:first], concurrency=1, deflate=self.deflate)
         await asyncio.sleep(0.2)
-        self.receivers += await connect_many(makes[first:])
+        self.receivers += await connect_many(makes[first:], deflate=self.deflate)
         if self.slow:
             last = self.servers[self.members % len(self.servers)].port
             slow = partial(Receiver, HOST, last, self._path("slow"), self.run, prefix, healthy=False)
-            self.slow_receiver = await connect(slow, rcvbuf=self.settings.slow_rcvbuf)
+            self.slow_receiver = await connect(slow, rcvbuf=self.settings.slow_rcvbuf, deflate=self.deflate)
         self.hub = ReadHub(self.settings.read_pace)
         for receiver in self._all():
             self.hub.add(receiver)
-        self.sender = await connect(partial(Sender, HOST, self.servers[0].port, self._path(SENDER)))
+        self.sender = await connect(
+            partial(Sender, HOST, self.servers[0].port, self._path(SENDER)), deflate=self.deflate
+        )
         self.run.sender = self.sender
         self.run.healthy = len(self.receivers)
         await self._sync()
@@ -345,6 +375,64 @@ class Fanout:
             stalled=stalled,
             closed=closed,
             rss_growth=rss_growth,
+        )
+        self._reset()
+        return sample
+
+    async def burst(self, messages: int) -> Sample:
+        """Send `messages` in one write and wait until every receiver has them all (or gives up).
+
+        The window opens just before the write and closes when the last receiver has the last
+        message; `value` is deliveries/s over it. A burst that makes no progress for
+        `burst_stall` seconds, or whose receivers were all closed, ends there, and what never
+        came is counted lost.
+        """
+        settings = self.settings
+        run = self.run
+        sender = self.sender
+        assert sender is not None
+        if messages > RING:
+            raise ValueError(f"a burst of {messages} messages does not fit the sequence ring ({RING})")
+        frames = b"".join(text_frame(b"%08d" % seq + run.filler) for seq in range(messages))
+        receivers = self.receivers
+        server = self.servers[0]
+        server.reset_peak_rss()
+        wire_before = sum(receiver.wire_bytes for receiver in receivers)
+        window = Window(self.servers)
+        window.open()
+        run.sent = messages
+        sender.transport.write(frames)
+        stalled = False
+        progress_at = perf_counter()
+        seen = 0
+        while run.completed < messages:
+            run.progress.clear()
+            try:
+                await asyncio.wait_for(run.progress.wait(), 0.05)
+                continue
+            except asyncio.TimeoutError:
+                pass
+            now = perf_counter()
+            count = sum(receiver.count for receiver in receivers)
+            if count != seen:
+                seen, progress_at = count, now
+            elif now - progress_at >= settings.burst_stall or all(r.closed.done() for r in receivers):
+                stalled = now - progress_at >= settings.burst_stall
+                break
+        window.close()
+        delivered = sum(receiver.count for receiver in receivers)
+        closed = sum(receiver.closed.done() for receiver in [*receivers, sender])
+        sample = Sample(
+            value=delivered / window.elapsed,
+            server_cpu=window.server_cpu,
+            client_cpu=window.client_cpu,
+            lost=messages * len(receivers) - delivered,
+            errors=sum(receiver.errors for receiver in receivers),
+            stalled=stalled,
+            closed=closed,
+            peak_rss=server.peak_rss(),
+            wire_bytes=sum(receiver.wire_bytes for receiver in receivers) - wire_before,
+            deliveries=delivered,
         )
         self._reset()
         return sample

@@ -4,6 +4,10 @@ No framework: the ASGI callable does exactly the job. The room formats each mess
 one ASGI send event shared by every member; each member has a bounded queue and its own writer
 task, so a member that stops reading holds up nobody (it is dropped from the room when its
 queue overflows).
+
+`BENCH_RAW_MAX_QUEUE=0` in the server's environment makes the queues unbounded: the baseline
+of the burst scenarios, where a bounded queue with no flow control drops every reader. Nothing
+else changes, not even the length check in `push`, so it is the same work per delivery.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["MAX_QUEUE", "Member", "app", "serve_member"]
 
-MAX_QUEUE = 1024
-"""Messages a member may have waiting before it is dropped as a slow consumer."""
+MAX_QUEUE = int(os.environ.get("BENCH_RAW_MAX_QUEUE", "1024")) or sys.maxsize
+"""Messages a member may have waiting before it is dropped as a slow consumer (1024; 0: unbounded)."""
 
 ACCEPT = {"type": "websocket.accept"}
 OK = {"type": "websocket.send", "text": "OK!"}
