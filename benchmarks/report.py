@@ -395,7 +395,7 @@ def targets(results: list[ScenarioResult]) -> list[Target]:
         shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
         found.append(
             Target(
-                "one stuck member among 100: the others' rate",
+                "one stuck member: the others' rate",
                 ">= 0.95x of the room without it; no stall, nothing lost",
                 shown + (f"; stalled in {row.stalled}" if row.stalled else "; no stall"),
                 bool(met) and not row.stalled and row.lost == 0,

@@ -53,7 +53,8 @@ def test_benchmarks_smoke_measures_echo_and_ok(tmp_path: Path) -> None:
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| **wsendpoints EchoEndpoint** |" in report
     assert "| **wsendpoints OKEndpoint** |" in report
-    assert "## wsendpoints against the targets of issue 6" in report
+    assert "## wsendpoints against the targets of issue 13 (performance round two)" in report
+    assert "| EchoEndpoint round trips vs Starlette WebSocketEndpoint | above it (> 1.00x) |" in report
     assert not (tmp_path / "ratios.png").exists()
 
 
@@ -85,6 +86,36 @@ def test_benchmarks_smoke_measures_rooms(tmp_path: Path) -> None:
     assert list(found["memory"]) == ["raw", "wsendpoints"]
     assert len(found["slow"]["wsendpoints"]["reference"]) == 1
     assert "Slow consumer" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_benchmarks_smoke_measures_bursts_against_unbounded_raw_asgi(tmp_path: Path) -> None:
+    pytest.importorskip("wsendpoints.endpoints.room", reason="RoomEndpoint is not in this tree")
+
+    done = run_harness(tmp_path, "--scenarios", "burst,deflate", "--peers", "raw-bounded,wsendpoints", "--no-chart")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = scenarios(tmp_path)
+    assert set(found) == {"burst5x40", "burst12x10", "deflate5x40", "deflate12x10"}
+    for key in ("burst5x40", "burst12x10"):
+        assert list(found[key]) == ["raw", "raw-bounded", "wsendpoints"]
+        for row in found[key].values():
+            assert_measured(row)
+            assert row["clean_only"] is True
+            [sample] = row["samples"]
+            assert sample["closed"] == 0, row
+            assert sample["deliveries"] == int(key[5:].split("x")[0]) * int(key.split("x")[1])
+            assert sample["peak_rss"] > 0
+        assert found[key]["raw"]["ratios"] == [1.0]
+    for key in ("deflate5x40", "deflate12x10"):
+        assert list(found[key]) == ["raw", "wsendpoints"]
+        for row in found[key].values():
+            assert_measured(row)
+            [compressed], [plain] = row["samples"], row["reference"]
+            per_delivery = compressed["wire_bytes"] / compressed["deliveries"]
+            assert per_delivery < plain["wire_bytes"] / plain["deliveries"], "permessage-deflate was not negotiated"
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| RoomEndpoint fan-out, 5 members x 40-message bursts, flow control on |" in report
+    assert "| permessage-deflate cost, wsendpoints RoomEndpoint, 12 members x 10-message bursts | measured |" in report
 
 
 @pytest.mark.redis
