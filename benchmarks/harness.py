@@ -208,7 +208,7 @@ class Harness:
     ) -> ScenarioResult:
         """Deliveries/s from one sender to `members` receivers; the rooms stay open across repetitions."""
         settings = self.settings
-        rows = {peer.key: Row(peer) for peer in peers}
+        rows = {peer.key: Row(peer, clean_only=True) for peer in peers}  # runs with a loss do not count
         rooms: list[Fanout] = []
         try:
             by_peer = {}
@@ -238,7 +238,8 @@ class Harness:
                 "message is done when every receiver has it. Latency runs from sending to each delivery. "
                 "Every receiver checks that it gets every message, in order; *lost* counts what a receiver "
                 "never got after the sender stopped and the room drained. The client reads the receivers' "
-                f"sockets at most every {settings.read_pace * 1000:g} ms, so latencies have that resolution.",
+                f"sockets at most every {settings.read_pace * 1000:g} ms, so latencies have that resolution. "
+                "Figures and ratios count only runs where nothing was lost and nobody was closed.",
             ],
         )
 
@@ -311,8 +312,9 @@ class Harness:
                 "is replaced.",
                 "The baseline is the raw ASGI app with unbounded queues (`BENCH_RAW_MAX_QUEUE=0`): it delivers "
                 "everything with no bookkeeping at all, the ceiling. The same app with its queues of 1,024 and no "
-                "flow control drops every reader of a burst longer than that. *Peak server RSS* is the kernel's "
-                "high-water mark over the run.",
+                "flow control drops every reader of a burst longer than that. *Server RSS peaked* is the kernel's "
+                "high-water mark over the run, against the RSS just before it, and the peak itself (the process "
+                "still holds what earlier scenarios left).",
             ],
         )
 

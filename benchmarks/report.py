@@ -209,9 +209,9 @@ def _burst_notes(result: ScenarioResult, row: Row) -> list[str]:
         if any(s.stalled for s in unclean):
             text += ", gave up"
         notes.append(text)
-    peak = row.median_of("peak_rss", row.samples)
+    peak, growth = row.median_of("peak_rss", row.samples), row.median_of("rss_growth", row.samples)
     if peak:
-        notes.append(f"peak server RSS {peak / 2**20:,.0f} MiB")
+        notes.append(f"server RSS peaked {growth / 2**20:+,.1f} MiB over the run, at {peak / 2**20:,.0f} MiB")
     if result.key.startswith("deflate") and row.reference:
         plain = [sample for sample in row.reference if sample.clean]
         off, on = _cpu_per_op(plain), row.cpu_per_op
@@ -243,7 +243,8 @@ def _row_notes(result: ScenarioResult, row: Row) -> str:
     if row.closed and not burst:
         notes.append(f"{row.closed} closed by server")
     server_cpu = row.median_of("server_cpu")
-    if result.key != "memory" and server_cpu is not None and server_cpu < 0.85 and not row.stalled:
+    waits = burst or result.key == "memory"  # a burst's server waits on its readers now and then, even when idle
+    if not waits and server_cpu is not None and server_cpu < 0.85 and not row.stalled:
         notes.append("server under 85% busy: disturbed, or waiting")
     if row.reference and result.key == "slow":
         normal = statistics.median(sample.value for sample in row.reference)
@@ -663,6 +664,6 @@ def draw_chart(results: list[ScenarioResult], path: Path) -> None:
         "(bars: median, whiskers: range over repetitions; diamonds: CPU ratio; dashed: the target)",
         fontsize=9,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (sum(heights) + 0.6)))
     figure.savefig(path, dpi=110)
     plt.close(figure)

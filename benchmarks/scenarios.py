@@ -95,7 +95,8 @@ class Sample:
         errors: Wrong replies, or messages out of order.
         stalled: Whether deliveries stopped for `stall_after` seconds or more.
         closed: Healthy connections the server closed during the run.
-        rss_growth: How much the (first) server's RSS grew over warm-up and window, in bytes.
+        rss_growth: How much the (first) server's RSS grew over warm-up and window, in bytes (bursts:
+            its peak during the burst over its RSS before).
         peak_rss: Bursts: the (first) server's peak RSS during the burst, in bytes.
         wire_bytes: Bursts: bytes the healthy receivers read from their sockets, frames and all.
         deliveries: Bursts: messages the healthy receivers got.
@@ -397,6 +398,7 @@ class Fanout:
         receivers = self.receivers
         server = self.servers[0]
         server.reset_peak_rss()
+        rss_before = server.rss()
         wire_before = sum(receiver.wire_bytes for receiver in receivers)
         window = Window(self.servers)
         window.open()
@@ -430,6 +432,7 @@ class Fanout:
             errors=sum(receiver.errors for receiver in receivers),
             stalled=stalled,
             closed=closed,
+            rss_growth=server.peak_rss() - rss_before,
             peak_rss=server.peak_rss(),
             wire_bytes=sum(receiver.wire_bytes for receiver in receivers) - wire_before,
             deliveries=delivered,
