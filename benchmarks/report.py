@@ -308,7 +308,12 @@ def _both(value: float | None, cpu: float | None, at_least: float, above: bool =
     """Show a throughput ratio with its CPU ratio; met only if both reach `at_least` (or pass it, with `above`)."""
     if value is None:
         return "-", None
-    shown = _fmt_ratio(value) + (f" (CPU {_fmt_ratio(cpu)})" if cpu is not None else "")
+    digits = 3 if above else 2  # "above 1.00x" must not read 1.00x when it is 0.996x
+
+    def fmt(ratio: float) -> str:
+        return f"{ratio:.{digits}f}x"
+
+    shown = fmt(value) + (f" (CPU {fmt(cpu)})" if cpu is not None else "")
 
     def reaches(ratio: float) -> bool:
         return ratio > at_least if above else ratio >= at_least
