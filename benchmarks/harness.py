@@ -40,7 +40,7 @@ from .scenarios import Fanout, Sample, Settings, echo_sample, memory_sample, set
 
 __all__ = ["MODES", "SCENARIOS", "main"]
 
-SCENARIOS = ("memory", "echo", "ok", "fanout", "burst", "slow", "deflate", "redis")
+SCENARIOS = ("memory", "echo", "ok", "fanout", "burst", "slow", "stuck", "deflate", "redis")
 
 MODES: dict[str, Settings] = {
     "full": Settings(reps=7, warmup=1.0, duration=2.0, slow_reps=3, slow_warmup=2.0, slow_duration=2.0),
@@ -53,6 +53,7 @@ MODES: dict[str, Settings] = {
         slow_duration=1.0,
         burst_reps=2,
         deflate_reps=1,
+        stuck_reps=1,
     ),
     "smoke": Settings(
         reps=1,
@@ -71,6 +72,8 @@ MODES: dict[str, Settings] = {
         bursts=((5, 40), (12, 10)),
         burst_reps=1,
         deflate_reps=1,
+        stuck_reps=1,
+        stuck_fill=8,
     ),
 }
 """Each mode's sizes and times: "full" (the default, about ten minutes), "quick" (about two), "smoke" (seconds)."""
@@ -345,6 +348,54 @@ class Harness:
             ],
         )
 
+    async def stuck(self, peers: list[Peer], members: int, messages: int) -> ScenarioResult:
+        """The others' deliveries/s in a burst while one more member is stuck, against the same burst without it."""
+        settings = self.settings
+        key = f"stuck{members}x{messages}"
+        rows = {peer.key: Row(peer, clean_only=True) for peer in peers}
+        for rep in range(settings.stuck_reps):
+            for peer in rotated(peers, rep):
+                server = self.servers[peer.server]
+                row = rows[peer.key]
+                for stuck in (False, True):
+                    name = f"{RUN_ID}{key}{'s' if stuck else 'n'}-{rep}"
+                    room = Fanout([server], name, members, settings, settings.message_size, slow=True)
+                    try:
+                        await room.open()
+                        await room.burst(min(messages, 100))
+                        if stuck:
+                            await room.stick(settings.stuck_fill)
+                        sample = await room.burst(messages)
+                    finally:
+                        await room.close()
+                    (row.samples if stuck else row.reference).append(sample)
+                    state = "one stuck" if stuck else "none stuck"
+                    log(f"  {key} rep {rep + 1}/{settings.stuck_reps} {peer.label}, {state}: {describe(sample, '/s')}")
+                    await settle([server])
+        ordered = [rows[peer.key] for peer in peers]
+        for row in ordered:
+            row.ratios, row.cpu_ratios = ratios(row.samples, row.reference, clean_only=True)
+        return ScenarioResult(
+            key,
+            f"Burst with one stuck member: deliveries/s to {members:,} members of a {messages:,}-message burst "
+            f"while one more member does not read",
+            "deliveries/s",
+            "the others' rate / their rate in the same burst with the extra member reading",
+            ordered,
+            short=f"Burst {members:,} x {messages:,}, one more member stuck / reading",
+            latency=False,
+            notes=[
+                f"Each run opens a room of {members:,} readers and one more member with a "
+                f"{settings.slow_rcvbuf:,}-byte receive buffer. With it stuck, that member stops reading and "
+                f"{settings.stuck_fill} messages of {settings.slow_size:,} bytes fill the buffers between it and "
+                "the server before the burst (more than loopback's socket buffers take, so it is stuck when the burst "
+                "starts; wsendpoints may drop it before or during the burst); without, it reads like the others. "
+                "A run counts only if the "
+                "readers lost nothing and nobody but the stuck member was closed. *Server RSS peaked* shows what "
+                "the server held for the stuck member.",
+            ],
+        )
+
     async def slow(self, peers: list[Peer]) -> ScenarioResult:
         """The others' deliveries/s with one member that stopped reading, against the same room with none."""
         settings = self.settings
@@ -414,6 +465,10 @@ async def run_local_scenarios(harness: Harness, scenarios: list[str]) -> None:
             )
     if "slow" in scenarios and rooms:
         await harness.scenario("slow", lambda: harness.slow(rooms))
+    stuck = selected["stuck"]
+    if "stuck" in scenarios and stuck:
+        members, messages = harness.settings.bursts[0]
+        await harness.scenario(f"stuck{members}x{messages}", lambda: harness.stuck(stuck, members, messages))
     compressed = selected["deflate"]
     if "deflate" in scenarios and compressed:
         for members, messages in harness.settings.bursts:
@@ -465,6 +520,7 @@ def select_peers(wanted: set[str] | None) -> tuple[dict[str, list[Peer]], list[s
         "rooms": ROOM_PEERS,
         "burst": BURST_PEERS,
         "deflate": DEFLATE_PEERS,
+        "stuck": DEFLATE_PEERS,
         "redis": REDIS_PEERS,
     }
     skipped: list[str] = []
@@ -552,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     if args.reps is not None:
         overrides.update(reps=args.reps, slow_reps=args.reps, burst_reps=args.reps, deflate_reps=args.reps)
+        overrides["stuck_reps"] = args.reps
     if args.duration is not None:
         overrides["duration"] = args.duration
     settings = dataclasses.replace(MODES[args.mode], **overrides)
@@ -576,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         local = [key for key in scenarios if key != "redis"]
         families = ["echo"] * ("echo" in local) + ["ok"] * ("ok" in local)
         families += ["rooms"] * bool({"memory", "fanout", "slow"} & set(local))
-        families += [family for family in ("burst", "deflate") if family in local]
+        families += [family for family in ("burst", "stuck", "deflate") if family in local]
         needed = sorted({peer.server for family in families for peer in selected[family]})
         if needed:
             log(f"starting {', '.join(needed)}")
@@ -591,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     settings_rows = {
         "mode": args.mode,
         "repetitions": f"{settings.reps} (slow consumer: {settings.slow_reps}; bursts: {settings.burst_reps}; "
-        f"deflate: {settings.deflate_reps}), interleaved across peers",
+        f"burst with one stuck: {settings.stuck_reps}; deflate: {settings.deflate_reps}), interleaved across peers",
         "bursts": ", ".join(f"{members:,} members x {messages:,} messages" for members, messages in settings.bursts),
         "warm-up / window": f"{settings.warmup} s / {settings.duration} s "
         f"(slow consumer: {settings.slow_warmup} s / {settings.slow_duration} s)",

@@ -192,7 +192,7 @@ def _fmt_cpu(value: float | None) -> str:
 
 
 def _is_burst(result: ScenarioResult) -> bool:
-    return result.key.startswith(("burst", "deflate"))
+    return result.key.startswith(("burst", "deflate", "stuck"))
 
 
 def _burst_notes(result: ScenarioResult, row: Row) -> list[str]:
@@ -212,6 +212,9 @@ def _burst_notes(result: ScenarioResult, row: Row) -> list[str]:
     peak, growth = row.median_of("peak_rss", row.samples), row.median_of("rss_growth", row.samples)
     if peak:
         notes.append(f"server RSS peaked {growth / 2**20:+,.1f} MiB over the run, at {peak / 2**20:,.0f} MiB")
+    if result.key.startswith("stuck") and row.reference:
+        normal = row.median_of("value", [sample for sample in row.reference if sample.clean])
+        notes.append(f"without it: {normal:,.0f}/s" if normal else "no clean run without it")
     if result.key.startswith("deflate") and row.reference:
         plain = [sample for sample in row.reference if sample.clean]
         off, on = _cpu_per_op(plain), row.cpu_per_op
@@ -423,6 +426,22 @@ def targets(results: list[ScenarioResult]) -> list[Target]:
         else:
             shown, met = f"(broadcaster not measured); ceiling: {ceiling} of raw ASGI + redis-py", None
         found.append(Target("Redis fan-out, two processes, vs broadcaster's Redis backend", ">= 1.25x", shown, met, 13))
+    for key in sorted((key for key in by_key if key.startswith("stuck")), key=_burst_order):
+        row = ours(key)
+        if row is None:
+            continue
+        clean = len(row.counted) == len(row.samples) > 0
+        shown, met = _both(row.ratio, row.cpu_ratio, 0.90)
+        shown = ("no clean run" if shown == "-" else shown) + f"; {_clean_runs(row)}"
+        found.append(
+            Target(
+                f"one stuck member in {_burst_size(key)}: the others' rate",
+                ">= 0.90x of the same burst without it; nothing lost, no reader closed",
+                shown,
+                bool(met) and clean,
+                10,
+            )
+        )
     for key in sorted((key for key in by_key if key.startswith("deflate")), key=_burst_order):
         size = _burst_size(key)
         for row in by_key[key].rows:

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+FILL_PROBES = 5_000_000
+"""The number of the first probe `Fanout.stick` sends (above any that `Fanout.open` sends)."""
 SENDER = "s"
 """The sending member's user name: receivers read the sequence number after `"s: "`."""
 T = TypeVar("T", bound=Connection)
@@ -77,6 +79,10 @@ class Settings:
     """(members, messages) of each burst scenario."""
     burst_reps: int = 3
     deflate_reps: int = 3
+    stuck_reps: int = 3
+    stuck_fill: int = 1024
+    """Probes of `slow_size` bytes (4 MiB) that fill the buffers of the stuck member before its burst: more than
+    loopback's socket buffers take (about 2.8 MB seen queued in the server's socket alone)."""
     burst_stall: float = 5.0
     """Seconds without any delivery after which a burst is given up (a peer that lost messages)."""
 
@@ -379,6 +385,28 @@ class Fanout:
         )
         self._reset()
         return sample
+
+    async def stick(self, fill: int, timeout: float = 20.0) -> None:
+        """Stop reading the slow receiver and fill the buffers between it and the server.
+
+        The sender sends `fill` join probes of `slow_size` bytes; once every healthy receiver
+        has the last one, what the stopped one did not read fills its receive buffer, the
+        server's socket and transport buffers, and the rest waits in the server's queue for it.
+        """
+        sender, slow, hub = self.sender, self.slow_receiver, self.hub
+        assert sender is not None
+        assert slow is not None
+        assert hub is not None
+        hub.stop_reading(slow)
+        first = FILL_PROBES
+        for number in range(first, first + fill):
+            sender.probe(number, self.settings.slow_size)
+        last = first + fill - 1
+        deadline = perf_counter() + timeout
+        while not all(receiver.last_probe == last for receiver in self.receivers):
+            if perf_counter() > deadline:
+                raise TimeoutError("the healthy members did not get the probes that fill the stopped one's buffers")
+            await asyncio.sleep(0.005)
 
     async def burst(self, messages: int) -> Sample:
         """Send `messages` in one write and wait until every receiver has them all (or gives up).

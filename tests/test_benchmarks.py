@@ -91,11 +91,13 @@ def test_benchmarks_smoke_measures_rooms(tmp_path: Path) -> None:
 def test_benchmarks_smoke_measures_bursts_against_unbounded_raw_asgi(tmp_path: Path) -> None:
     pytest.importorskip("wsendpoints.endpoints.room", reason="RoomEndpoint is not in this tree")
 
-    done = run_harness(tmp_path, "--scenarios", "burst,deflate", "--peers", "raw-bounded,wsendpoints", "--no-chart")
+    done = run_harness(
+        tmp_path, "--scenarios", "burst,stuck,deflate", "--peers", "raw-bounded,wsendpoints", "--no-chart"
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     found = scenarios(tmp_path)
-    assert set(found) == {"burst5x40", "burst12x10", "deflate5x40", "deflate12x10"}
+    assert set(found) == {"burst5x40", "burst12x10", "stuck5x40", "deflate5x40", "deflate12x10"}
     for key in ("burst5x40", "burst12x10"):
         assert list(found[key]) == ["raw", "raw-bounded", "wsendpoints"]
         for row in found[key].values():
@@ -106,6 +108,10 @@ def test_benchmarks_smoke_measures_bursts_against_unbounded_raw_asgi(tmp_path: P
             assert sample["deliveries"] == int(key[5:].split("x")[0]) * int(key.split("x")[1])
             assert sample["peak_rss"] > 0
         assert found[key]["raw"]["ratios"] == [1.0]
+    assert list(found["stuck5x40"]) == ["raw", "wsendpoints"]
+    for row in found["stuck5x40"].values():
+        assert_measured(row)
+        assert [sample["deliveries"] for sample in row["reference"]] == [5 * 40]
     for key in ("deflate5x40", "deflate12x10"):
         assert list(found[key]) == ["raw", "wsendpoints"]
         for row in found[key].values():
