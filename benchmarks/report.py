@@ -334,6 +334,13 @@ def _clean_runs(row: Row) -> str:
     return text
 
 
+def _burst_target(row: Row, at_least: float) -> tuple[str, bool]:
+    """A burst row's ratio against `at_least`: met only if every run was clean, too."""
+    shown, met = _both(row.ratio, row.cpu_ratio, at_least)
+    clean = len(row.counted) == len(row.samples) > 0
+    return ("no clean run" if shown == "-" else shown) + f"; {_clean_runs(row)}", bool(met) and clean
+
+
 def targets(results: list[ScenarioResult]) -> list[Target]:
     """Check wsendpoints against the targets of issues 13 and 10, for the scenarios that ran.
 
@@ -369,16 +376,14 @@ def targets(results: list[ScenarioResult]) -> list[Target]:
         row = ours(key)
         if row is None:
             continue
-        clean = len(row.counted) == len(row.samples) > 0
-        shown, met = _both(row.ratio, row.cpu_ratio, 0.95)
-        shown = ("no clean run" if shown == "-" else shown) + f"; {_clean_runs(row)}"
+        shown, met = _burst_target(row, 0.95)
         size = _burst_size(key)
         found.append(
             Target(
                 f"RoomEndpoint fan-out, {size}, flow control on",
                 ">= 0.95x raw ASGI (unbounded queues); nothing lost, nobody closed",
                 shown,
-                bool(met) and clean,
+                met,
                 13,
             )
         )
@@ -430,15 +435,13 @@ def targets(results: list[ScenarioResult]) -> list[Target]:
         row = ours(key)
         if row is None:
             continue
-        clean = len(row.counted) == len(row.samples) > 0
-        shown, met = _both(row.ratio, row.cpu_ratio, 0.90)
-        shown = ("no clean run" if shown == "-" else shown) + f"; {_clean_runs(row)}"
+        shown, met = _burst_target(row, 0.90)
         found.append(
             Target(
                 f"one stuck member in {_burst_size(key)}: the others' rate",
                 ">= 0.90x of the same burst without it; nothing lost, no reader closed",
                 shown,
-                bool(met) and clean,
+                met,
                 10,
             )
         )
