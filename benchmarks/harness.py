@@ -139,6 +139,8 @@ class Harness:
         self.selected = selected
         self.servers: dict[str, Process] = {}
         self.results: list[ScenarioResult] = []
+        self.seconds: dict[str, float] = {}
+        """How long each scenario took, starting its servers aside."""
 
     def servers_of(self, peer: Peer) -> list[Process]:
         return [self.servers[peer.server]]
@@ -147,7 +149,8 @@ class Harness:
         log(f"[{name}]")
         started = time.monotonic()
         self.results.append(await run())
-        log(f"[{name}] {time.monotonic() - started:.0f} s")
+        self.seconds[name] = time.monotonic() - started
+        log(f"[{name}] {self.seconds[name]:.0f} s")
 
     async def memory(self, peers: list[Peer]) -> ScenarioResult:
         """RSS growth per idle room member; once per peer, on servers that have done nothing else yet."""
@@ -656,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         "uvicorn": "loop=asyncio, http=h11, ws=websockets-sansio, lifespan=on; the rest at its defaults",
         "malloc": "glibc mmap threshold 1 MiB and trim threshold 2 MiB in every process (see benchmarks/README.md)",
         "load client": "one asyncio process, hand-written framing (benchmarks/client.py)",
-        "total time": f"{time.monotonic() - started:.0f} s",
+        "total time": f"{time.monotonic() - started:.0f} s ("
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in harness.seconds.items())
+        + ")",
     }
     command = shlex.join(["python", "-m", "benchmarks", *without_notes(argv if argv is not None else sys.argv[1:])])
     run = Run(command, now(), env, settings_rows, harness.results, skipped, args.note)

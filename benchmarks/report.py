@@ -249,6 +249,9 @@ def _row_notes(result: ScenarioResult, row: Row) -> str:
     waits = burst or result.key == "memory"  # a burst's server waits on its readers now and then, even when idle
     if not waits and server_cpu is not None and server_cpu < 0.85 and not row.stalled:
         notes.append("server under 85% busy: disturbed, or waiting")
+    client_cpu = row.median_of("client_cpu")
+    if result.key != "memory" and client_cpu is not None and client_cpu >= 0.85:
+        notes.append("client over 85% busy: the row may understate the server")
     if row.reference and result.key == "slow":
         normal = statistics.median(sample.value for sample in row.reference)
         notes.append(f"without it: {normal:,.0f}/s")
