@@ -44,6 +44,16 @@ _ORIGINS = 1024
 
 _WAKE_TTL_MS = 60_000
 
+_GATHER_SECONDS = 0.002
+"""After an XREAD that brought entries, how long the reader lets the next ones gather before it reads again.
+
+Under load this turns one XREAD per message and process into one per 2 ms, and lets each
+member's writer send several messages per wake-up: on the two-process benchmark it took the
+servers' CPU per delivery from 14.7 to 10.4-11.8 µs and Redis's per message from 230 to 140 µs.
+It costs at most 2 ms of latency, and only while messages follow each other that closely: the
+first message after a quiet moment is read as it arrives.
+"""
+
 
 @dataclass(eq=False, slots=True)
 class _Room:
@@ -162,6 +172,8 @@ class Reader:
                 await asyncio.sleep(backoff.next())
                 continue
             self._dispatch(reading, reply)
+            if reply:
+                await asyncio.sleep(_GATHER_SECONDS)
 
     def _reading(self) -> tuple[dict[bytes, _Room], bool]:
         """Return the rooms to read now, by key, and whether any was left out as paused."""

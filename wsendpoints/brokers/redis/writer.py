@@ -62,11 +62,15 @@ local function admit(rooms, stream, max_rooms, now)
   return redis.call('ZCOUNT', rooms, '(' .. now, '+inf') < max_rooms
 end
 
-local function keep(rooms, stream, max_rooms, expires)
+-- Score `stream` in `rooms` with when it expires, now `now`. Expired rooms are removed as a new
+-- one is added (ZCOUNT counts only live ones meanwhile), so the set holds at most `max_rooms`
+-- live rooms plus those that expired since the last one was added.
+local function keep(rooms, stream, max_rooms, expires, now)
   if max_rooms > 0 then
-    redis.call('ZADD', rooms, 'GT', expires, stream)
-    redis.call('ZREMRANGEBYSCORE', rooms, '-inf', now_ms())
-    local left = expires - now_ms()
+    if redis.call('ZADD', rooms, 'GT', expires, stream) == 1 then
+      redis.call('ZREMRANGEBYSCORE', rooms, '-inf', now)
+    end
+    local left = expires - now
     if redis.call('PTTL', rooms) < left then
       redis.call('PEXPIRE', rooms, math.max(left, 1))
     end
@@ -102,14 +106,15 @@ local now = now_ms()
 local ids = {}
 for i = 3, #KEYS do
   local stream, meta, payload = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
-  local kind = redis.call('TYPE', stream)['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
+  -- one read for the type and the last entry: an error (not a table of entries) when the key holds something else
+  local head = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if head.err then
     ids[i - 2] = 0
   elseif not admit(KEYS[2], stream, max_rooms, now) then
     ids[i - 2] = -1
   else
     local at, count = 0, 0
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    local last = head[1]
     if last then
       at, count = number(last[2], 'at'), number(last[2], 'n')
     end
@@ -121,7 +126,7 @@ for i = 3, #KEYS do
       trim_bytes(stream, at - budget)
     end
     redis.call('PEXPIRE', stream, ttl)
-    keep(KEYS[2], stream, max_rooms, now + ttl)
+    keep(KEYS[2], stream, max_rooms, now + ttl, now)
   end
 end
 return ids
@@ -141,11 +146,11 @@ for no limit) in the sorted set KEYS[2].
 RESERVE = (
     ROOMS_LUA
     + """
-local max_rooms, expires = tonumber(ARGV[1]), now_ms() + tonumber(ARGV[2])
-if not admit(KEYS[1], KEYS[2], max_rooms, now_ms()) then
+local max_rooms, now = tonumber(ARGV[1]), now_ms()
+if not admit(KEYS[1], KEYS[2], max_rooms, now) then
   return 0
 end
-keep(KEYS[1], KEYS[2], max_rooms, expires)
+keep(KEYS[1], KEYS[2], max_rooms, now + tonumber(ARGV[2]), now)
 return 1
 """
 )
