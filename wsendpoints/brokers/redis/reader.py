@@ -45,7 +45,7 @@ _ORIGINS = 1024
 _WAKE_TTL_MS = 60_000
 
 _GATHER_SECONDS = 0.002
-"""After an XREAD that brought entries, how long the reader lets the next ones gather before it reads again.
+"""After an XREAD that brought messages, how long the reader lets the next ones gather before it reads again.
 
 Under load this turns one XREAD per message and process into one per 2 ms, and lets each
 member's writer send several messages per wake-up: on the two-process benchmark it took the
@@ -171,8 +171,7 @@ class Reader:
                 lost = True
                 await asyncio.sleep(backoff.next())
                 continue
-            self._dispatch(reading, reply)
-            if reply:
+            if self._dispatch(reading, reply):
                 await asyncio.sleep(_GATHER_SECONDS)
 
     def _reading(self) -> tuple[dict[bytes, _Room], bool]:
@@ -265,11 +264,14 @@ class Reader:
                 missed,
             )
 
-    def _dispatch(self, reading: dict[bytes, _Room], reply: Any) -> None:
+    def _dispatch(self, reading: dict[bytes, _Room], reply: Any) -> bool:
+        """Hand each room's new entries to its subscribers; return whether there were any (not only a wake-up)."""
+        read = False
         for key, entries in reply:
             if key == self.shared.keys.wake:
                 self.wake_id = entries[-1][0].decode()
                 continue
+            read = True
             room = reading[key]  # if it was left meanwhile, it has no subscribers
             for raw_id, fields in entries:
                 room.position = parse_id(raw_id)
@@ -292,3 +294,4 @@ class Reader:
                         deliver(message)
                     except Exception:  # a subscriber's own code: it must not stop the others, nor the reader
                         logger.exception("a subscriber of room %r failed to take a message", room.name)
+        return read
