@@ -158,7 +158,7 @@ class Reader:
                     key: id_text(room.position) for key, room in reading.items()
                 }
                 block = _PAUSED_BLOCK_MS if paused else BLOCK_MS
-                reply = await clients.reader.xread(streams, count=self._count(len(reading)), block=block)  # type: ignore[arg-type]
+                reply = await self._xread(clients, streams, self._count(len(reading)), block)
             except ResponseError as exc:
                 await self._find_broken(clients, exc)
                 await asyncio.sleep(backoff.next())
@@ -173,6 +173,21 @@ class Reader:
                 continue
             if self._dispatch(reading, reply):
                 await asyncio.sleep(_GATHER_SECONDS)
+
+    async def _xread(self, clients: Clients, streams: dict[bytes, str], count: int, block: int) -> Any:
+        """Send one XREAD on the reader's own connection; return the reply as Redis sends it (fields flat).
+
+        Straight through the connection rather than `Redis.xread`, without redis-py's per-command
+        machinery (retry wrapper, hooks, timing, reply callback): 15-20 µs of CPU less per XREAD
+        (about 100 -> 82 µs for a one-entry reply, measured alone on loopback).
+        Like redis-py, the connection drops itself when a command fails or is cancelled halfway,
+        and the next command connects again.
+        """
+        connection = clients.reader.connection
+        if connection is None:  # pragma: no cover - `_reconnect` pinged through it before any read
+            raise RuntimeError("the reader's connection is not open")
+        await connection.send_command("XREAD", "COUNT", count, "BLOCK", block, "STREAMS", *streams, *streams.values())
+        return await connection.read_response() or []
 
     def _reading(self) -> tuple[dict[bytes, _Room], bool]:
         """Return the rooms to read now, by key, and whether any was left out as paused."""
@@ -273,7 +288,9 @@ class Reader:
                 continue
             read = True
             room = reading[key]  # if it was left meanwhile, it has no subscribers
-            for raw_id, fields in entries:
+            for raw_id, flat in entries:
+                pairs = iter(flat)
+                fields = dict(zip(pairs, pairs, strict=False))
                 room.position = parse_id(raw_id)
                 self._count_missed(room, number(fields))
                 self.largest = max(self.largest, sum(len(value) for value in fields.values()))
