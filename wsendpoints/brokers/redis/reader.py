@@ -65,8 +65,9 @@ class _Room:
     delivers: list[Deliver] = field(default_factory=list)
     count: int | None = None
     """The number (`n`) of the last entry read, to notice entries trimmed before they were read."""
-    pauses: list[Callable[[], bool]] = field(default_factory=list)
-    """The `paused` checks of its subscribers: while one says True, the room is not read."""
+    pauses: dict[Callable[[], bool], int] = field(default_factory=dict)
+    """The `paused` checks of its subscribers, each with how many pass it: while one says True, the room
+    is not read. The members of one room in one process all pass the same check, asked once per XREAD."""
     seen: dict[str, int] = field(default_factory=dict)
     """Per publishing process (`origin`), the highest `seq` delivered: what is sent again is dropped."""
     broken: bool = False
@@ -108,7 +109,7 @@ class Reader:
                 await self.wake(clients)
         state.delivers.append(deliver)
         if paused is not None:
-            state.pauses.append(paused)
+            state.pauses[paused] = state.pauses.get(paused, 0) + 1
 
     async def remove(
         self, clients: Clients | None, room: str, deliver: Deliver, paused: Callable[[], bool] | None
@@ -117,7 +118,9 @@ class Reader:
         state = self.rooms[room]
         state.delivers.remove(deliver)
         if paused is not None:
-            state.pauses.remove(paused)
+            left = state.pauses.pop(paused) - 1
+            if left:
+                state.pauses[paused] = left
         if not state.delivers:
             del self.rooms[room]
             if clients is not None:
