@@ -47,6 +47,20 @@ async def test_redis_broker_ids_are_stream_entry_ids(redis_url: str, admin: redi
 
 
 @bounded(30)
+async def test_redis_broker_history_holds_a_message_appended_twice_once(
+    redis_url: str, admin: redis.asyncio.Redis
+) -> None:
+    """A publisher cancelled before Redis answered may have its message appended again."""
+    async with RedisBroker(redis_url, prefix="twice") as broker:
+        await broker.publish("r", Message("once"))
+        entries: Any = await admin.xrange(b"twice:room:r")
+        await admin.xadd(b"twice:room:r", entries[0][1])
+        await broker.publish("r", Message("next"))
+        found = await broker.history("r")
+        assert [m.payload for m in found.messages] == ["once", "next"]
+
+
+@bounded(30)
 async def test_redis_broker_history_skips_entries_it_did_not_write(
     redis_url: str, admin: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,7 +20,10 @@ from tests.brokers.test_redis import LogWatcher, admin, eventually, logs
 from tests.redis_server import RedisServer
 from wsendpoints import BrokerError, BrokerUnavailableError, Message, TooManyRoomsError
 from wsendpoints.brokers.redis import RedisBroker
+from wsendpoints.brokers.redis.connection import Clients, Shared
+from wsendpoints.brokers.redis.keys import Keys
 from wsendpoints.brokers.redis.reader import Reader
+from wsendpoints.brokers.redis.writer import APPEND, RESERVE, Writer
 from wsendpoints.testing import Collector
 
 __all__ = ["admin", "logs"]  # fixtures taken from test_redis
@@ -346,6 +350,63 @@ async def test_redis_broker_publish_raises_after_its_reader_failed(
         with pytest.raises(BrokerError, match="stopped after an internal error"):
             await broker.join("r", "m1", "ann")
     assert [r for r in logs.records if r.getMessage() == "RedisBroker stopped after an internal error"]
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_writer_closing_drops_a_message_a_publisher_is_appending(stopped: RedisServer) -> None:
+    """The broker closing (`abandon`) while a publisher appends its message itself: counted dropped, released once."""
+    assert stopped.process is not None
+    shared = Shared("p", Keys("wsendpoints", "p"), stopped.url, ttl_ms=10_000, max_backoff=1.0)
+    writer = Writer(
+        shared, buffer_size=10, buffer_bytes=1024, stream_maxlen=10, stream_bytes=1024, stream_ttl=10, max_rooms=0
+    )
+    async with redis.asyncio.Redis.from_url(stopped.url, protocol=2) as commands:
+        clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
+        await commands.set(shared.keys.writer, b"1", px=10_000)
+        os.kill(stopped.process.pid, signal.SIGSTOP)
+        publishing = asyncio.ensure_future(writer.publish(clients, shared.keys.room("r"), b"{}", b"hello"))
+
+        async def on_its_way() -> bool:
+            return writer.writing
+
+        await eventually(on_its_way, True)
+        writer.abandon(None)
+        os.kill(stopped.process.pid, signal.SIGCONT)
+        with anyio.fail_after(5):
+            await publishing  # Redis answers for a message no longer queued
+        assert (len(writer.queue), writer.queued_bytes, shared.dropped) == (0, 0, 1)
+        assert await commands.xlen(shared.keys.room("r")) == 1
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_writer_flush_waits_for_a_publisher_appending_its_message(stopped: RedisServer) -> None:
+    """Closing sends what is queued after the message a publisher is appending itself: once each, in order."""
+    assert stopped.process is not None
+    shared = Shared("p", Keys("wsendpoints", "p"), stopped.url, ttl_ms=10_000, max_backoff=1.0)
+    writer = Writer(
+        shared, buffer_size=10, buffer_bytes=1024, stream_maxlen=10, stream_bytes=1024, stream_ttl=10, max_rooms=0
+    )
+    key = shared.keys.room("r")
+    async with redis.asyncio.Redis.from_url(stopped.url, protocol=2) as commands:
+        clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
+        await commands.set(shared.keys.writer, b"1", px=10_000)
+        os.kill(stopped.process.pid, signal.SIGSTOP)
+        first = asyncio.ensure_future(writer.publish(clients, key, b"{}", b"first"))
+
+        async def on_its_way() -> bool:
+            return writer.writing
+
+        await eventually(on_its_way, True)
+        second = asyncio.ensure_future(writer.publish(clients, key, b"{}", b"second"))  # queued behind it
+        flushing = asyncio.ensure_future(writer.flush(clients))
+        os.kill(stopped.process.pid, signal.SIGCONT)
+        with anyio.fail_after(5):
+            await asyncio.gather(first, second, flushing)
+        entries: Any = await commands.xrange(key)
+        assert [fields[b"payload"] for _, fields in entries] == [b"first", b"second"]
+        assert not writer.queue
 
 
 # -- the outage buffer in bytes ------------------------------------------------------------

@@ -217,12 +217,12 @@ class RedisBroker(Broker):
             BrokerError: If Redis refused the message (e.g. out of memory), or the broker stopped.
             UnicodeEncodeError: If the payload holds a lone surrogate, which no text frame can carry.
         """
-        link, _ = await self._ready()
+        link, clients = await self._ready()
         self._seq += 1
         meta, payload = encode_entry(
             message.payload, message.sender, self.process_id, self._seq, message.to, message.close
         )
-        await link.writer.publish(self._shared.keys.room(room), meta, payload)
+        await link.writer.publish(clients, self._shared.keys.room(room), meta, payload)
 
     @asynccontextmanager
     async def subscribe(

@@ -56,12 +56,18 @@ async def read_history(shared: Shared, clients: Clients, room: str, since: str |
 
 
 def _messages(shared: Shared, key: bytes, entries: list[Any]) -> list[Message]:
+    """Return the messages of `entries`, each once: an entry appended twice (its publisher was
+    cancelled before Redis answered, see `Writer.publish`) is known by its `origin` and `seq`."""
     messages = []
+    seen: set[tuple[str, int]] = set()
     for raw_id, fields in entries:
         parsed = parse_entry(fields)
         if parsed is None:
             shared.skip_malformed("stream entry", key, fields)
             continue
-        payload, sender, _, _, to, close = parsed
+        payload, sender, origin, seq, to, close = parsed
+        if seq and (origin, seq) in seen:
+            continue
+        seen.add((origin, seq))
         messages.append(Message(payload, sender, raw_id.decode(), to, close))
     return messages

@@ -44,6 +44,16 @@ _ORIGINS = 1024
 
 _WAKE_TTL_MS = 60_000
 
+_GATHER_SECONDS = 0.002
+"""After an XREAD that brought messages, how long the reader lets the next ones gather before it reads again.
+
+Under load this turns one XREAD per message and process into one per 2 ms, and lets each
+member's writer send several messages per wake-up: on the two-process benchmark it took the
+servers' CPU per delivery from 14.7 to 10.4-11.8 µs and Redis's per message from 230 to 140 µs.
+It costs at most 2 ms of latency, and only while messages follow each other that closely: the
+first message after a quiet moment is read as it arrives.
+"""
+
 
 @dataclass(eq=False, slots=True)
 class _Room:
@@ -55,8 +65,9 @@ class _Room:
     delivers: list[Deliver] = field(default_factory=list)
     count: int | None = None
     """The number (`n`) of the last entry read, to notice entries trimmed before they were read."""
-    pauses: list[Callable[[], bool]] = field(default_factory=list)
-    """The `paused` checks of its subscribers: while one says True, the room is not read."""
+    pauses: dict[Callable[[], bool], int] = field(default_factory=dict)
+    """The `paused` checks of its subscribers, each with how many pass it: while one says True, the room
+    is not read. The members of one room in one process all pass the same check, asked once per XREAD."""
     seen: dict[str, int] = field(default_factory=dict)
     """Per publishing process (`origin`), the highest `seq` delivered: what is sent again is dropped."""
     broken: bool = False
@@ -98,7 +109,7 @@ class Reader:
                 await self.wake(clients)
         state.delivers.append(deliver)
         if paused is not None:
-            state.pauses.append(paused)
+            state.pauses[paused] = state.pauses.get(paused, 0) + 1
 
     async def remove(
         self, clients: Clients | None, room: str, deliver: Deliver, paused: Callable[[], bool] | None
@@ -107,7 +118,9 @@ class Reader:
         state = self.rooms[room]
         state.delivers.remove(deliver)
         if paused is not None:
-            state.pauses.remove(paused)
+            left = state.pauses.pop(paused) - 1
+            if left:
+                state.pauses[paused] = left
         if not state.delivers:
             del self.rooms[room]
             if clients is not None:
@@ -148,7 +161,7 @@ class Reader:
                     key: id_text(room.position) for key, room in reading.items()
                 }
                 block = _PAUSED_BLOCK_MS if paused else BLOCK_MS
-                reply = await clients.reader.xread(streams, count=self._count(len(reading)), block=block)  # type: ignore[arg-type]
+                reply = await self._xread(clients, streams, self._count(len(reading)), block)
             except ResponseError as exc:
                 await self._find_broken(clients, exc)
                 await asyncio.sleep(backoff.next())
@@ -161,7 +174,23 @@ class Reader:
                 lost = True
                 await asyncio.sleep(backoff.next())
                 continue
-            self._dispatch(reading, reply)
+            if self._dispatch(reading, reply):
+                await asyncio.sleep(_GATHER_SECONDS)
+
+    async def _xread(self, clients: Clients, streams: dict[bytes, str], count: int, block: int) -> Any:
+        """Send one XREAD on the reader's own connection; return the reply as Redis sends it (fields flat).
+
+        Straight through the connection rather than `Redis.xread`, without redis-py's per-command
+        machinery (retry wrapper, hooks, timing, reply callback): 15-20 µs of CPU less per XREAD
+        (about 100 -> 82 µs for a one-entry reply, measured alone on loopback).
+        Like redis-py, the connection drops itself when a command fails or is cancelled halfway,
+        and the next command connects again.
+        """
+        connection = clients.reader.connection
+        if connection is None:  # pragma: no cover - `_reconnect` pinged through it before any read
+            raise RuntimeError("the reader's connection is not open")
+        await connection.send_command("XREAD", "COUNT", count, "BLOCK", block, "STREAMS", *streams, *streams.values())
+        return await connection.read_response() or []
 
     def _reading(self) -> tuple[dict[bytes, _Room], bool]:
         """Return the rooms to read now, by key, and whether any was left out as paused."""
@@ -253,13 +282,18 @@ class Reader:
                 missed,
             )
 
-    def _dispatch(self, reading: dict[bytes, _Room], reply: Any) -> None:
+    def _dispatch(self, reading: dict[bytes, _Room], reply: Any) -> bool:
+        """Hand each room's new entries to its subscribers; return whether there were any (not only a wake-up)."""
+        read = False
         for key, entries in reply:
             if key == self.shared.keys.wake:
                 self.wake_id = entries[-1][0].decode()
                 continue
+            read = True
             room = reading[key]  # if it was left meanwhile, it has no subscribers
-            for raw_id, fields in entries:
+            for raw_id, flat in entries:
+                pairs = iter(flat)
+                fields = dict(zip(pairs, pairs, strict=False))
                 room.position = parse_id(raw_id)
                 self._count_missed(room, number(fields))
                 self.largest = max(self.largest, sum(len(value) for value in fields.values()))
@@ -280,3 +314,4 @@ class Reader:
                         deliver(message)
                     except Exception:  # a subscriber's own code: it must not stop the others, nor the reader
                         logger.exception("a subscriber of room %r failed to take a message", room.name)
+        return read

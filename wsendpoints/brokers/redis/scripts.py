@@ -42,7 +42,8 @@ local function notice(meta, payload)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'meta', meta, 'payload', payload,
     'n', string.format('%.0f', count + 1), 'at', string.format('%.0f', at))
   redis.call('PEXPIRE', stream, ARGV[3])
-  keep(KEYS[4], stream, tonumber(ARGV[4]), now_ms() + tonumber(ARGV[3]))
+  local now = now_ms()
+  keep(KEYS[4], stream, tonumber(ARGV[4]), now + tonumber(ARGV[3]), now)
 end
 
 local function decode(value)

@@ -1,7 +1,9 @@
 """The writer: appends published messages to the rooms' streams, in order, through outages.
 
 `publish` queues a message; one task per process appends the queue in batches of up to
-`_BATCH` messages, one round trip each (a Lua script, so a batch is one command). While Redis
+`_BATCH` messages, one round trip each (a Lua script, so a batch is one command). A message
+that finds nothing queued or on its way is appended by its publisher itself (see `publish`);
+either way one batch is on its way at a time, so the queue's order is Redis's. While Redis
 is unreachable the queue is the outage buffer: up to `buffer_size` messages and `buffer_bytes`
 bytes, past which messages are dropped, counted and logged. A batch Redis refuses (out of
 memory) is dropped and its publishers raise `BrokerError`; a new room past `max_rooms` raises
@@ -14,6 +16,7 @@ readers drop what they already had by `origin` and `seq` (see `reader`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -62,11 +65,15 @@ local function admit(rooms, stream, max_rooms, now)
   return redis.call('ZCOUNT', rooms, '(' .. now, '+inf') < max_rooms
 end
 
-local function keep(rooms, stream, max_rooms, expires)
+-- Score `stream` in `rooms` with when it expires, now `now`. Expired rooms are removed as a new
+-- one is added (ZCOUNT counts only live ones meanwhile), so the set holds at most `max_rooms`
+-- live rooms plus those that expired since the last one was added.
+local function keep(rooms, stream, max_rooms, expires, now)
   if max_rooms > 0 then
-    redis.call('ZADD', rooms, 'GT', expires, stream)
-    redis.call('ZREMRANGEBYSCORE', rooms, '-inf', now_ms())
-    local left = expires - now_ms()
+    if redis.call('ZADD', rooms, 'GT', expires, stream) == 1 then
+      redis.call('ZREMRANGEBYSCORE', rooms, '-inf', now)
+    end
+    local left = expires - now
     if redis.call('PTTL', rooms) < left then
       redis.call('PEXPIRE', rooms, math.max(left, 1))
     end
@@ -102,14 +109,15 @@ local now = now_ms()
 local ids = {}
 for i = 3, #KEYS do
   local stream, meta, payload = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
-  local kind = redis.call('TYPE', stream)['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
+  -- one read for the type and the last entry: an error (not a table of entries) when the key holds something else
+  local head = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if head.err then
     ids[i - 2] = 0
   elseif not admit(KEYS[2], stream, max_rooms, now) then
     ids[i - 2] = -1
   else
     local at, count = 0, 0
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    local last = head[1]
     if last then
       at, count = number(last[2], 'at'), number(last[2], 'n')
     end
@@ -121,7 +129,7 @@ for i = 3, #KEYS do
       trim_bytes(stream, at - budget)
     end
     redis.call('PEXPIRE', stream, ttl)
-    keep(KEYS[2], stream, max_rooms, now + ttl)
+    keep(KEYS[2], stream, max_rooms, now + ttl, now)
   end
 end
 return ids
@@ -141,11 +149,11 @@ for no limit) in the sorted set KEYS[2].
 RESERVE = (
     ROOMS_LUA
     + """
-local max_rooms, expires = tonumber(ARGV[1]), now_ms() + tonumber(ARGV[2])
-if not admit(KEYS[1], KEYS[2], max_rooms, now_ms()) then
+local max_rooms, now = tonumber(ARGV[1]), now_ms()
+if not admit(KEYS[1], KEYS[2], max_rooms, now) then
   return 0
 end
-keep(KEYS[1], KEYS[2], max_rooms, expires)
+keep(KEYS[1], KEYS[2], max_rooms, now + tonumber(ARGV[2]), now)
 return 1
 """
 )
@@ -214,12 +222,23 @@ class Writer:
         """Messages Redis confirmed, with when: what is sent again if Redis lost its data."""
         self.recent_bytes = 0
         self.connected = True
+        self.writing = False
+        """Whether a batch is on its way to Redis, from the writer's task or from a publisher."""
         self.overflow = 0
         self.lost_at: float | None = None
         """When this process lost Redis (set by the reader), until Redis is found with our data."""
 
-    async def publish(self, key: bytes, meta: bytes, payload: bytes) -> None:
+    async def publish(self, clients: Clients, key: bytes, meta: bytes, payload: bytes) -> None:
         """Queue a message for the stream `key`; return once Redis has it, or at once while it is unreachable.
+
+        A message that finds the queue empty and nothing on its way is appended from the
+        publisher's own task: two hops through the event loop fewer (to the writer's task and
+        back). On the two-process benchmark, where one sender's messages each wait for the last,
+        that took deliveries/s from 0.5-1.07x to 1.0-1.34x broadcaster's (three paired runs on a
+        loaded machine). If that append fails, the writer's task takes the
+        message over as any other (retry, outage buffer, refusal). If the publisher is cancelled
+        while Redis has the message but has not answered, it is appended again: readers drop
+        the second copy by `origin` and `seq`, as after Redis lost its data.
 
         Raises:
             TooManyRoomsError: If `key` would be a new room past `max_rooms`.
@@ -241,13 +260,21 @@ class Writer:
                 )
             self.overflow += 1
             return
+        done = None
         if self.connected:
-            outgoing.done = asyncio.get_running_loop().create_future()
+            done = outgoing.done = asyncio.get_running_loop().create_future()
         self.queue.append(outgoing)
         self.queued_bytes += outgoing.size
-        self.queued.set()
-        if outgoing.done is not None:
-            await outgoing.done
+        if done is not None and len(self.queue) == 1 and not self.writing:
+            try:
+                with contextlib.suppress(*FAILED):  # the writer's task retries, buffers or refuses it
+                    await self._write(clients)
+            finally:
+                self.queued.set()  # the writer's task, or `flush`, goes on with what is queued
+        else:
+            self.queued.set()
+        if done is not None:
+            await done
 
     def note_lost(self) -> None:
         """Remember when Redis was lost, for the replay if it comes back without our data."""
@@ -261,12 +288,12 @@ class Writer:
         """Append the queue to Redis as it fills, forever; through outages, with backoff."""
         backoff = Backoff(self.shared.max_backoff)
         while True:
-            if not self.queue:
+            if not self.queue or self.writing:
                 self.queued.clear()
                 await self.queued.wait()
                 continue
             try:
-                await self.write_batch(clients)
+                await self._write(clients)
             except ResponseError as exc:
                 if isinstance(exc, ReadOnlyError):  # a replica, during a failover: wait for the new primary
                     await self._unreachable(exc, backoff)
@@ -307,9 +334,21 @@ class Writer:
         return outgoing
 
     async def flush(self, clients: Clients) -> None:
-        """Append everything queued."""
+        """Append everything queued (after the batch on its way, if a publisher is appending one)."""
         while self.queue:
+            if self.writing:
+                self.queued.clear()
+                await self.queued.wait()
+                continue
+            await self._write(clients)
+
+    async def _write(self, clients: Clients) -> None:
+        """Append the first batch of the queue, marked as on its way meanwhile: one batch at a time."""
+        self.writing = True
+        try:
             await self.write_batch(clients)
+        finally:
+            self.writing = False
 
     def abandon(self, error: BrokerError | None) -> None:
         """Drop what is still queued (the broker is closing), counting it and releasing its publishers.
@@ -345,7 +384,8 @@ class Writer:
             return
         now = time.monotonic()
         for outgoing, entry_id in zip(batch, ids, strict=True):
-            self._pop()
+            if self.queue and self.queue[0] is outgoing:  # else `abandon` dropped it meanwhile: the broker closed
+                self._pop()
             if entry_id == 0:
                 self.shared.dropped += 1
                 self.shared.skip_malformed(
