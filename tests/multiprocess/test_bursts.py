@@ -38,12 +38,6 @@ def stuck_socket(server: AppServer) -> socket.socket:
     return sock
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with no publisher waiting in its process, nothing judges a stuck member; `Room.paused()` "
-    "stays True until its `send_timeout`, the Redis reader stops reading the room, and the stream trims "
-    "what the others on that process have not read (387 of 2,000 lost in one run)",
-)
 @bounded(90)
 async def test_stuck_member_on_the_reading_process_holds_back_nobody(servers: tuple[AppServer, AppServer]) -> None:
     """A member on process two stops reading while 2,000 messages come from process one: the others on two get all.
