@@ -73,14 +73,15 @@ async def test_stuck_member_holds_back_nobody(servers: tuple[AppServer, AppServe
         sent = [f"sender: {text}" for text in texts]
         # One assertion, so that every line runs whichever way it goes. The stuck member sees 1013 when the
         # close frame gets past what it never read, else 1006 (see the README). Its bound is its queue (judged
-        # slow a quarter of `slow_after` after falling behind, then its queue fills), not `send_timeout`: the
-        # others must not wait for that (wall clock, but 5 s is 20 times the judgement).
+        # slow a quarter of `slow_after` after falling behind, then its queue fills), not `send_timeout`: had
+        # it held the room until then, the burst would have taken more than `send_timeout` (its sends stalled
+        # after the burst began). Quiet, the burst takes some 2 s; 6.7 s was the slowest under a full load.
         assert (
             [len(reader.chat("sender")) for reader in readers],
             all(reader.chat("sender") == sent for reader in readers),
             [reader.ws.close_code for reader in readers],
             stuck.close_code == 1006 or (stuck.close_code, stuck.close_reason) == (1013, "slow consumer"),
-            took < SEND_TIMEOUT / 2,
+            took < SEND_TIMEOUT,
         ) == ([2000] * 6, True, [None] * 6, True, True), (took, stuck.close_code, stuck.close_reason)
 
 
