@@ -2,11 +2,13 @@
 
 Each server process imports its own module (`app_one`, `app_two`), which makes its app here. The
 Redis URL and the presence TTL come from the environment, as `MULTIPROCESS_REDIS_URL` and
-`MULTIPROCESS_PRESENCE_TTL`.
+`MULTIPROCESS_PRESENCE_TTL`. The library's log lines go to stderr with their level, as
+`WARNING wsendpoints: ...`, for the tests to read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,12 +24,20 @@ from wsendpoints.brokers.redis import RedisBroker
 __all__ = ["make_app"]
 
 
+def log_with_levels() -> None:
+    """Send the `wsendpoints` logger's lines to stderr as `LEVEL wsendpoints: message` (each process makes one app)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("wsendpoints").addHandler(handler)
+
+
 def make_app() -> Starlette:
-    """Serve rooms at /rooms/{room}/{user}, GET /members/{room}, and POST /broadcast/{room},
+    """Serve rooms at /rooms/{room}/{user}, GET /members/{room} and /missed, and POST /broadcast/{room},
     /send_to/{room}/{user} and /kick/{room}/{user} (body: the text, or the reason).
 
     JSON-mode rooms, which resume from `?since=`, are at /json/{room}/{user}.
     """
+    log_with_levels()
     broker = RedisBroker(
         os.environ["MULTIPROCESS_REDIS_URL"],
         presence_ttl=float(os.environ["MULTIPROCESS_PRESENCE_TTL"]),
@@ -38,6 +48,9 @@ def make_app() -> Starlette:
 
     async def members(request: Request) -> JSONResponse:
         return JSONResponse(await chat.members(request.path_params["room"]))
+
+    async def missed(request: Request) -> JSONResponse:
+        return JSONResponse(broker.missed)
 
     async def broadcast(request: Request) -> Response:
         await chat.broadcast(request.path_params["room"], (await request.body()).decode())
@@ -63,6 +76,7 @@ def make_app() -> Starlette:
             WebSocketRoute("/rooms/{room}/{user}", chat),
             WebSocketRoute("/json/{room}/{user}", json_chat),
             Route("/members/{room}", members),
+            Route("/missed", missed),
             Route("/broadcast/{room}", broadcast, methods=["POST"]),
             Route("/send_to/{room}/{user}", send_to, methods=["POST"]),
             Route("/kick/{room}/{user}", kick, methods=["POST"]),

@@ -138,6 +138,26 @@ def test_member_whose_send_waits_on_its_peer_is_slow_even_when_the_room_is_busy(
     run(scenario)
 
 
+def test_broker_asking_paused_judges_a_stuck_member_with_no_publisher_waiting() -> None:
+    """A room whose publishers are in other processes: its broker's reader asks `paused()`, nobody waits in `hold()`."""
+
+    async def scenario() -> None:
+        room = Room("r")
+        stuck, socket = member_of(room, "stuck", max_queue=100, slow_after=0.2), Socket()
+        member_of(room, "reader", max_queue=100)
+        socket.stall()
+        fill(stuck, 60)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stuck.run, socket.send)
+            with anyio.fail_after(1):
+                while room.paused():  # noqa: ASYNC110 - a broker's reader asks on its own clock, every 50 ms
+                    await anyio.sleep(0.05)
+            assert stuck.slow
+            tasks.cancel_scope.cancel()
+
+    run(scenario)
+
+
 def test_room_leaves_the_registry_with_its_last_member() -> None:
     async def scenario() -> None:
         broker = MemoryBroker()

@@ -161,7 +161,14 @@ class Room:
         return len(self._behind)
 
     def paused(self) -> bool:
-        """Whether publishers are held: a broker that reads ahead checks it before reading more."""
+        """Whether publishers are held: a broker that reads ahead checks it before reading more.
+
+        Asking judges the members holding the room, as a waiting publisher does: where the room's
+        publishers are in other processes, nobody here waits in `hold()`, and a stuck member would
+        otherwise hold the broker's reader until its `send_timeout`.
+        """
+        if self._behind:
+            self.judge(time.monotonic())
         return bool(self._behind)
 
     def fell_behind(self, member: Member) -> None:
