@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from typing import Any
 
+import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket
 
+from tests.conftest import ClientFactory
 from tests.endpoints.test_base import Recorder, drive
-from wsendpoints import Endpoint
+from wsendpoints import CloseCode, Endpoint, MemoryBroker, RoomEndpoint
 from wsendpoints._deadline import SendWatch
 from wsendpoints.endpoints import base
 from wsendpoints.endpoints.base import server_send
+from wsendpoints.rooms.member import Member
+from wsendpoints.rooms.room import Room
+from wsendpoints.testing import expect_close
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +43,7 @@ def test_a_function_that_is_not_starlettes_sender_is_left_as_it_is() -> None:
         pass
 
     assert server_send(send) is send
-    assert base._code_named(base.server_send.__code__, "nothing") is None
+    assert base._code_named(base._exception_handler.wrap_app_handling_exceptions.__code__, "nothing") is None
 
 
 def test_without_starlettes_sender_nothing_is_unwrapped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +61,7 @@ async def test_data_frames_go_straight_to_the_servers_send_under_a_starlette_app
 
     class Probe(Endpoint):
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:
-            seen.append(self._wsendpoints_socket._data_send)
+            seen.append(self._wsendpoints_socket.data_send)
             await websocket.send_text(data)
 
     incoming: list[Message] = [
@@ -122,8 +129,85 @@ async def test_send_watch_cancels_a_send_seen_running_for_its_timeout() -> None:
         watch.close()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_send_watch_is_asyncio_only(anyio_backend: str) -> None:
     watch = SendWatch.for_current_loop(1.0)
     assert (watch is None) == (anyio_backend == "trio")
     if watch is not None:
         watch.close()
+
+
+# A room member's writer sends straight to the server: the socket mutes it as the connection ends.
+
+
+def test_a_writer_whose_peer_left_ends_the_connection_as_the_clients(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ended: list[tuple[int | None, str | None]] = []
+    tried = threading.Event()
+
+    class Gone(RoomEndpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await super().on_connect(websocket)
+
+            async def reset(event: Message) -> None:
+                tried.set()
+                raise OSError("connection reset")
+
+            websocket.data_send = reset  # type: ignore[attr-defined]
+
+        async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+            ended.append((self.close_code, self.closed_by))
+            await super().on_disconnect(websocket, close_code)
+
+    endpoint = Gone.configure(broker=MemoryBroker(), join_template=None, leave_template=None)
+    client = client_factory(Starlette(routes=[WebSocketRoute("/rooms/{room}/{user}", endpoint)]))
+    with client.websocket_connect("/rooms/lobby/ann"):
+        anyio.run(endpoint.broadcast, "lobby", "hello")
+        assert tried.wait(5)
+    assert ended == [(CloseCode.ABNORMAL_CLOSURE, "client")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_connection_that_ends_before_its_writer_starts_mutes_the_member(client_factory: ClientFactory) -> None:
+    members: list[Member] = []
+
+    class Brief(RoomEndpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await super().on_connect(websocket)
+            assert self.member is not None
+            members.append(self.member)
+            await websocket.close(4000, "brief")  # the writer task has not run yet
+
+    endpoint = Brief.configure(broker=MemoryBroker(), join_template=None, leave_template=None)
+    client = client_factory(Starlette(routes=[WebSocketRoute("/rooms/{room}/{user}", endpoint)]))
+    with client.websocket_connect("/rooms/lobby/ann") as ws:
+        assert expect_close(ws) == (4000, "brief")
+    members[0].push("after the end")
+    assert members[0].queued == (0, 0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_mute_drops_the_queue_releases_the_room_and_ends_the_writer_quietly() -> None:
+    room = Room("r")
+    member = Member("m", 4, "close", 10.0, room=room)
+    for n in range(3):  # past the high-water mark of 2
+        member.push(f"m{n}")
+    assert room.behind == 1
+    stalls: list[str] = []
+
+    async def on_stall(reason: str) -> None:  # pragma: no cover - never called
+        stalls.append(reason)
+
+    async def never(event: Message) -> None:
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.run, never, on_stall)
+            await anyio.wait_all_tasks_blocked()  # the writer waits in its first send
+            member.mute()
+        assert (room.behind, member.queued, member.stalled, stalls) == (0, (0, 0), None, [])
+        member.push("after the end")
+        assert member.queued == (0, 0)
+        await member.run(never, on_stall)  # muted: returns at once

@@ -13,7 +13,7 @@ import math
 import sys
 import threading
 from asyncio import current_task
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import CodeType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
@@ -123,13 +123,17 @@ class _Socket(WebSocket):
     `WebSocketDisconnect`, one after the application's own close raises `RuntimeError`, a
     second close is harmless, and a send that does not complete within `send_timeout` closes
     the connection with 1013 "send timeout" and raises `WebSocketDisconnect`.
-    `send_event` is the quiet path of the library's own fan-out: it drops what cannot go.
+    A room member's writer sends with `data_send` while the connection is open (`on_end`).
     """
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, send_timeout: float | None) -> None:
         super().__init__(scope, receive, send)
-        self._data_send = server_send(send)
-        """Where "websocket.send" events go: the server's `send`, under Starlette's wrappers (`server_send`)."""
+        self.data_send = server_send(send)
+        """Where "websocket.send" events go: the server's `send`, from under Starlette's wrappers (`server_send`).
+
+        A room member's writer sends through it directly; it raises what the server raises."""
+        self.on_end: Callable[[], object] | None = None
+        """Called once when the connection ends, either side: a room member's writer stops sending."""
         self.send_timeout = send_timeout
         self._watch: SendWatch | None = None
         self._sends = 0
@@ -145,7 +149,10 @@ class _Socket(WebSocket):
 
     def ended(self, code: int, reason: str, by: ClosedBy) -> None:
         """Record the end of the connection, unless already recorded."""
-        self.open = False
+        if self.open:
+            self.open = False
+            if self.on_end is not None:
+                self.on_end()
         if self.closed_by is None:
             self.close_code, self.close_reason, self.closed_by = code, reason, by
 
@@ -172,7 +179,7 @@ class _Socket(WebSocket):
             sending[task] = self._sends = self._sends + 1  # type: ignore[index]  # a send always runs in a task
             stalled = False
             try:
-                await self._data_send(message)
+                await self.data_send(message)
             except asyncio.CancelledError:
                 if not watch.expired(task):  # type: ignore[arg-type]
                     raise
@@ -208,10 +215,10 @@ class _Socket(WebSocket):
         timeout = self.send_timeout
         try:
             if timeout is None:
-                await self._data_send(message)
+                await self.data_send(message)
                 return
             with anyio.move_on_after(timeout) as deadline:
-                await self._data_send(message)
+                await self.data_send(message)
         except _DISCONNECTED:
             raise self._peer_left() from None
         if deadline.cancelled_caught:
@@ -264,21 +271,6 @@ class _Socket(WebSocket):
             self.application_state = WebSocketState.DISCONNECTED
             # Only now, with the close frame handed over (or abandoned), stop the receive loop.
             self.stop_receiving()
-
-    async def send_event(self, event: Message) -> None:
-        """Send a "websocket.send" event straight to the server; drop it once the connection is closed.
-
-        The quiet path of the library's own fan-out (a room member's writer, which has its own
-        deadline): never raises for a peer that left. The event may be shared by many members: it
-        is never changed here.
-        """
-        if not self.open:
-            return
-        try:
-            await self._data_send(event)
-        except _DISCONNECTED:
-            self.client_left(CloseCode.ABNORMAL_CLOSURE, "")
-            logger.debug("peer left before websocket.send")
 
 
 class Endpoint(WebSocketEndpoint):

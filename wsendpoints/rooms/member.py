@@ -64,6 +64,7 @@ class Member:
         "_low_bytes",
         "_max_bytes",
         "_max_queue",
+        "_muted",
         "_policy",
         "_progress",
         "_queue",
@@ -120,6 +121,7 @@ class Member:
         self._waiter: Wakeup | None = None
         self._stop: Callable[[], object] | None = None
         self._stopping = False
+        self._muted = False
         self._sending = False
         self._sent = 0
         self._seen = -1  # the watchdog's first look always counts as progress
@@ -184,6 +186,8 @@ class Member:
         self._put(make_item(payload))
 
     def _put(self, item: Item) -> None:
+        if self._muted:
+            return
         queue = self._queue
         size = item[1]
         if queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
@@ -225,6 +229,19 @@ class Member:
         self._wake()
         self._halt()
 
+    def mute(self) -> None:
+        """Stop sending for good, once the connection has ended: what is queued, and all that comes, is dropped.
+
+        So the writer can send straight to the server, with no check of the connection per send.
+        """
+        self._muted = True
+        self._queue.clear()
+        self._bytes = 0
+        if self._is_behind:
+            self._is_behind = False
+            self._room.drained(self)
+        self._halt()
+
     def _halt(self) -> None:
         """Stop the writer where it awaits, once: the queue overflowed, or a send stalled."""
         if self._stop is not None and not self._stopping:
@@ -259,7 +276,8 @@ class Member:
 
         Returns when the queue overflowed under the "close" policy, or when sending made no
         progress for `send_timeout` seconds; `stalled` then says which, and `on_stall` is
-        awaited with it first. (Awaiting it here, in the frame that caught the cancellation,
+        awaited with it first. Returns quietly once `mute()` was called. What `send` raises
+        ends the writer with that exception. (Awaiting it here, in the frame that caught the cancellation,
         rather than in the caller also keeps Python 3.11's line tracing, and so coverage, exact.)
 
         On asyncio the loop's watchdog looks for stalls, so a send costs no timer; on trio each
@@ -269,26 +287,32 @@ class Member:
         mark: that happens as the message leaves the queue, before its send is awaited.
         """
         handle = self._handle
-        if handle.has_watchdog:
-            # A bare task cancel rather than an anyio cancel scope: 0.5 KB less per idle member
-            # (the scope and its two sets), measured.
-            task = asyncio.current_task()
-            assert task is not None
-            self._stop = task.cancel
-            handle.watch(self, self._send_timeout)
-            try:
-                await self._send_all(send, None)
-            except asyncio.CancelledError:
-                if not self._stopping:
-                    raise
-                getattr(task, "uncancel", int)()  # Python 3.11+: take our cancel back; 3.10 keeps no count
-            finally:
-                handle.unwatch(self)
-        else:
-            with anyio.CancelScope() as scope:
-                self._stop = scope.cancel
-                await self._send_all(send, scope)
-        self._stop = None
+        if self._muted:
+            return
+        try:
+            if handle.has_watchdog:
+                # A bare task cancel rather than an anyio cancel scope: 0.5 KB less per idle member
+                # (the scope and its two sets), measured.
+                task = asyncio.current_task()
+                assert task is not None
+                self._stop = task.cancel
+                handle.watch(self, self._send_timeout)
+                try:
+                    await self._send_all(send, None)
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                    getattr(task, "uncancel", int)()  # Python 3.11+: take our cancel back; 3.10 keeps no count
+                finally:
+                    handle.unwatch(self)
+            else:
+                with anyio.CancelScope() as scope:
+                    self._stop = scope.cancel
+                    await self._send_all(send, scope)
+        finally:
+            self._stop = None  # never cancel this task once the writer has ended
+        if self._muted:
+            return  # the connection ended meanwhile: nothing to tell it
         self.stalled = "slow consumer" if self.overflowed else "send timeout"
         if on_stall is not None:
             await on_stall(self.stalled)
