@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from starlette import _exception_handler
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import Message
@@ -43,7 +44,7 @@ def test_a_function_that_is_not_starlettes_sender_is_left_as_it_is() -> None:
         pass
 
     assert server_send(send) is send
-    assert base._code_named(base._exception_handler.wrap_app_handling_exceptions.__code__, "nothing") is None
+    assert base._code_named(_exception_handler.wrap_app_handling_exceptions.__code__, "nothing") is None
 
 
 def test_without_starlettes_sender_nothing_is_unwrapped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -661,7 +661,8 @@ class RoomEndpoint(Endpoint):
             member.mute()
         try:
             # Straight to the server's `send`: the socket mutes the member as it ends, so no send
-            # needs a check of its own (in-process, per delivery to 100 members in a burst: 10,830 -> 9,530 instructions).
+            # needs a check of its own (in-process, per delivery to 100 members in a burst:
+            # 10,830 -> 9,530 instructions).
             await member.run(socket.data_send, close_stalled)
         except _DISCONNECTED:
             socket.client_left(CloseCode.ABNORMAL_CLOSURE, "")

@@ -57,7 +57,7 @@ class Member:
         "_high",
         "_high_bytes",
         "_is_behind",
-        "_item",
+        "_items",
         "_look_at",
         "_look_sent",
         "_low",
@@ -76,6 +76,7 @@ class Member:
         "_slow_after",
         "_stop",
         "_stopping",
+        "_thread",
         "_waiter",
         "behind_since",
         "deliver",
@@ -114,7 +115,7 @@ class Member:
         self._send_timeout = send_timeout
         self._slow_after = slow_after
         self._room = Room("") if room is None else room
-        self._item = self._room.stamped_item if stamp else self._room.item
+        self._items = self._room.stamped_items if stamp else self._room.items
         self._queue: deque[Item] = deque()
         self._bytes = 0
         self._is_behind = False
@@ -129,6 +130,7 @@ class Member:
         self._look_sent = -1  # the room's first look always counts as progress
         self._look_at = 0.0
         self._handle = LoopHandle.current()
+        self._thread = self._handle.thread
         self._room.add(self)
         self.deliver: Deliver = self._deliver
         """Queue a message unless this member sent it: the broker's `Deliver`, from any thread.
@@ -144,8 +146,9 @@ class Member:
     def _deliver(self, message: Message) -> None:
         """Queue `message` unless this member sent it (`deliver` until the member resumes)."""
         if message.sender != self.id:
-            item = self._item(message)
-            if get_ident() == self._handle.thread:
+            last = self._items.last  # the item made for the member before: no call (ItemCache)
+            item = last[1] if last[0] is message else self._items.item(message)
+            if get_ident() == self._thread:
                 self._put(item)
             else:
                 self._handle.call(partial(self._put, item))
@@ -158,7 +161,7 @@ class Member:
 
     def put_message(self, message: Message) -> None:
         """Queue `message` whoever sent it (a resuming member's history), stamped as this member's are."""
-        self._put(self._item(message))
+        self._put(self._items.item(message))
 
     def resume(self, position: Callable[[str], tuple[int, ...] | None]) -> Gate:
         """Hold deliveries in a new gate (at most `max_queue` messages and `max_queue_bytes`) until it opens.
@@ -186,19 +189,39 @@ class Member:
         self._put(make_item(payload))
 
     def _put(self, item: Item) -> None:
-        if self._muted:
+        queue = self._queue
+        total = self._bytes + item[1]
+        if len(queue) < self._high and total <= self._high_bytes:
+            # Under the high-water mark after this one: neither full nor behind, nothing to
+            # check (a burst's usual case; a muted member's marks are -1, so it never gets here).
+            queue.append(item)
+            self._bytes = total
+        elif not self._put_past_high(item):
             return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # done: cancelled with the writer
+                waiter.set_result(None)
+
+    def _put_past_high(self, item: Item) -> bool:
+        """Queue `item` at or past the high-water mark; return whether it was queued.
+
+        Here the slow-consumer policy applies, and the room counts the member as behind.
+        """
+        if self._muted:
+            return False
         queue = self._queue
         size = item[1]
         if queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
             if self._policy == "drop_newest":
                 self.dropped += 1
-                return
+                return False
             if self._policy == "close":
                 if not self.overflowed:
                     self.overflowed = True
                     self._abort()
-                return
+                return False
             while queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
                 self._bytes -= queue.popleft()[1]
                 self.dropped += 1
@@ -207,11 +230,7 @@ class Member:
         if not self._is_behind and (len(queue) > self._high or self._bytes > self._high_bytes) and not self.slow:
             self._is_behind = True
             self._room.fell_behind(self)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():  # done: cancelled with the writer
-                waiter.set_result(None)
+        return True
 
     def push_first(self, payload: str) -> None:
         """Queue the text `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
@@ -235,6 +254,7 @@ class Member:
         So the writer can send straight to the server, with no check of the connection per send.
         """
         self._muted = True
+        self._high = self._high_bytes = -1  # every `_put` takes the careful path, which drops
         self._queue.clear()
         self._bytes = 0
         if self._is_behind:
