@@ -79,9 +79,8 @@ class SendWatch:
                 seen[task] = (number, now)
             elif now - first[1] >= self._timeout:
                 del sending[task]  # cancelled once
-                if self._expired is None:
-                    self._expired = set()
-                self._expired.add(task)
+                self._expired = expired = self._expired or set()
+                expired.add(task)
                 task.cancel()
             else:
                 seen[task] = first

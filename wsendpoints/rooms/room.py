@@ -154,15 +154,11 @@ class Room:
                     del rooms[self.key]
 
     def item(self, message: Message) -> Item:
-        """Return the queue item of `message`, made once for all the members it goes to in a row."""
-        return self.items.item(message)
+        """Return the queue item of `message`, made once for all the members it goes to in a row.
 
-    def stamped_item(self, message: Message) -> Item:
-        """Return the queue item of `message` for a JSON-mode member: its envelope with its `"id"` (`with_id`).
-
-        Made once for all such members, as `item` is, in a cache of its own.
+        JSON-mode members read `stamped_items` instead: their envelopes carry the message's id.
         """
-        return self.stamped_items.item(message)
+        return self.items.item(message)
 
     @property
     def members(self) -> int:
