@@ -12,11 +12,11 @@ from starlette.exceptions import HTTPException, WebSocketException
 from starlette.routing import WebSocketRoute
 from starlette.testclient import WebSocketDenialResponse
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.conftest import ClientFactory
 from wsendpoints import CloseCode, EchoEndpoint, Endpoint
-from wsendpoints.endpoints.base import _Socket, cut_reason
+from wsendpoints.endpoints.base import cut_reason
 from wsendpoints.testing import assert_no_message, expect_close, receive_json, receive_text
 
 
@@ -560,29 +560,6 @@ def test_echo_sending_after_peer_left_never_raises() -> None:
     incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"hi"}]
     sent = drive(EchoEndpoint, incoming, True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
-
-
-def test_send_event_drops_on_a_closed_socket_and_never_raises() -> None:
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-        raise OSError("connection reset")
-
-    async def receive() -> Message:
-        raise AssertionError  # pragma: no cover - never called
-
-    async def scenario() -> None:
-        scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
-        socket = _Socket(scope, receive, send, 10.0)
-        event = {"type": "websocket.send", "text": "x"}
-        await socket.send_event(event)  # not open yet: dropped
-        socket.open = True
-        await socket.send_event(event)  # the peer is gone: no exception
-        assert (socket.open, socket.client_state, socket.close_code) == (False, WebSocketState.DISCONNECTED, 1006)
-
-    anyio.run(scenario)
-    assert sent == [{"type": "websocket.send", "text": "x"}]
 
 
 # Drop-in for Starlette's `WebSocketEndpoint`

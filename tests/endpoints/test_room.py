@@ -425,7 +425,7 @@ def test_writer_error_closes_1011(client_factory: ClientFactory, caplog: pytest.
             async def send_event(event: Any) -> None:
                 raise RuntimeError("send bug")
 
-            websocket.send_event = send_event  # type: ignore[attr-defined]
+            websocket.data_send = send_event  # type: ignore[attr-defined]
 
     endpoint = BadSend.configure(broker=MemoryBroker(), join_template=None)
     client = client_factory(room_app(endpoint))
@@ -452,7 +452,7 @@ def test_dropped_counts_what_the_drop_policies_dropped(
                 sent.set()
                 await anyio.sleep_forever()  # the client never takes the first message
 
-            websocket.send_event = send_event  # type: ignore[attr-defined]
+            websocket.data_send = send_event  # type: ignore[attr-defined]
             self.stuck = sent
 
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:

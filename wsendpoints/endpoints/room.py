@@ -13,8 +13,8 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
@@ -35,7 +35,7 @@ from ..rooms.inbox import Inbox
 from ..rooms.member import Member, SlowConsumerPolicy
 from ..rooms.resume import Gate, text_bytes, with_id
 from ..rooms.room import Room
-from .base import MAX_REASON_BYTES, Endpoint
+from .base import _DISCONNECTED, MAX_REASON_BYTES, Endpoint
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -214,7 +214,7 @@ class RoomEndpoint(Endpoint):
         self.member: Member | None = None
         self._key = ""
         self._room: Room | None = None
-        self._membership = AsyncExitStack()
+        self._membership: _Membership | None = None
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
         self._sent: deque[float] | None = None
@@ -528,8 +528,23 @@ class RoomEndpoint(Endpoint):
         # After `resume`: the inbox hands on to the member's gate. It drops what was published
         # before the member entered, which a resume's history read after the entry holds.
         inbox = Inbox(user, member.deliver, self._kick_soon, self.max_queue, broker.position)
+        membership = self._membership = _Membership(
+            broker, self._key, member.id, local.joined(broker, member, inbox.deliver)
+        )
+        presence = partial(
+            broker.enter,
+            self._key,
+            member.id,
+            user,
+            greeting=self._notice(self.join_template, "join"),
+            farewell=self._notice(self.leave_template, "leave"),
+            unique=self.unique_names,
+            max_members=self.max_members,
+            history_size=self.history_size,
+            history_ttl=self.history_ttl,
+        )
         try:
-            entry = await self._membership.enter_async_context(self._member_of(local, member, inbox))
+            entry = await membership.enter(presence)
         except BrokerError as exc:
             await self._broker_failed(websocket, exc)
             return
@@ -580,33 +595,6 @@ class RoomEndpoint(Endpoint):
         logger.warning("closing %s with 1013 %r: room %r: %s", self._path(), reason, self._key, exc)
         await self._reject(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
-    @asynccontextmanager
-    async def _member_of(self, local: Room, member: Member, inbox: Inbox) -> AsyncIterator[Entry]:
-        """Be in the room for the length of the context: subscribed through `inbox`, and in its presence.
-
-        Yields the broker's `Entry`; a refused member (`Entry.refused`) is subscribed only.
-        """
-        broker = self.broker
-        async with local.joined(broker, member, inbox.deliver):
-            entry = await broker.enter(
-                self._key,
-                member.id,
-                inbox.user,
-                greeting=self._notice(self.join_template, "join"),
-                farewell=self._notice(self.leave_template, "leave"),
-                unique=self.unique_names,
-                max_members=self.max_members,
-                history_size=self.history_size,
-                history_ttl=self.history_ttl,
-            )
-            if entry.refused is not None:
-                yield entry
-                return
-            try:
-                yield entry
-            finally:
-                await broker.depart(self._key, member.id)
-
     def _resume_envelope(self, recovered: bool, missed: int) -> str:
         return _json.dumps({"type": "resume", "room": self.room, "recovered": recovered, "missed": missed})
 
@@ -649,14 +637,25 @@ class RoomEndpoint(Endpoint):
             return True
         return envelope.get("type") == "message" and self.echo_template is not None
 
-    async def _write(self, websocket: WebSocket, member: Member) -> None:
-        async def close_stalled(reason: str) -> None:
-            logger.info("closing %s with 1013: %s (user %r)", self._path(), reason, self.user)
-            with anyio.move_on_after(1):  # a stalled peer may never take the close frame
-                await websocket.close(CloseCode.TRY_AGAIN_LATER, reason)
+    async def _close_stalled(self, reason: str) -> None:
+        """Close with 1013 and `reason` after the member's writer stalled (a method: no closure per member)."""
+        logger.info("closing %s with 1013: %s (user %r)", self._path(), reason, self.user)
+        with anyio.move_on_after(1):  # a stalled peer may never take the close frame
+            await self._wsendpoints_socket.close(CloseCode.TRY_AGAIN_LATER, reason)
 
+    async def _write(self, websocket: WebSocket, member: Member) -> None:
+        socket = self._wsendpoints_socket
+        socket.on_end = member.mute
+        if not socket.open:  # it ended before the writer started
+            member.mute()
         try:
-            await member.run(websocket.send_event, close_stalled)  # type: ignore[attr-defined]
+            # Straight to the server's `send`: the socket mutes the member as it ends, so no send
+            # needs a check of its own (in-process, per delivery to 100 members in a burst:
+            # 10,830 -> 9,530 instructions).
+            await member.run(socket.data_send, self._close_stalled)
+        except _DISCONNECTED:
+            socket.client_left(CloseCode.ABNORMAL_CLOSURE, "")
+            logger.debug("peer left before websocket.send")
         except Exception:
             await self._fail(websocket)
 
@@ -720,7 +719,57 @@ class RoomEndpoint(Endpoint):
 
     async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
         """Leave the room: drop out of presence (the broker tells the room if it was the user's last), unsubscribe."""
+        if self._membership is None:
+            return
         try:
             await self._membership.aclose()
         except BrokerError as exc:
             logger.warning("could not tell room %r that %r left: %s", self._key, self.user, exc)
+
+
+class _Membership:
+    """A member's stay in its room: subscribed through its inbox (`joined`), and in the room's presence.
+
+    `enter()` subscribes, then enters the presence; `aclose()` departs (unless the entry was
+    refused), then unsubscribes. A class, not an `AsyncExitStack` around a generator: every idle
+    member holds one, and the generator's frame kept the member's `Entry` alive, whose list of
+    the room's users grows with the room (traced, per idle member, in-process: 14.6 -> 11.0 KB
+    with 500 members, 20.6 -> 11.0 KB with 2,000).
+    """
+
+    __slots__ = ("_broker", "_joined", "_key", "_member_id", "_present")
+
+    def __init__(self, broker: Broker, key: str, member_id: str, joined: AbstractAsyncContextManager[None]) -> None:
+        self._broker, self._key, self._member_id = broker, key, member_id
+        self._joined: AbstractAsyncContextManager[None] | None = joined
+        self._present = False
+
+    async def enter(self, presence: Callable[[], Awaitable[Entry]]) -> Entry:
+        """Subscribe, then enter the presence with `presence()`; return its `Entry`. Once.
+
+        If either raises, nothing is left subscribed and the exception goes on.
+        """
+        joined, self._joined = self._joined, None
+        assert joined is not None
+        await joined.__aenter__()  # if this raises, there is nothing to undo
+        try:
+            entry = await presence()
+        except BaseException as exc:
+            await joined.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._joined = joined
+        self._present = entry.refused is None
+        return entry
+
+    async def aclose(self) -> None:
+        """Leave the presence, then unsubscribe; once. A broker's error leaving goes on, after the unsubscribe."""
+        joined, self._joined = self._joined, None
+        if joined is None:
+            return
+        try:
+            if self._present:
+                await self._broker.depart(self._key, self._member_id)
+        except BaseException as exc:
+            await joined.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await joined.__aexit__(None, None, None)

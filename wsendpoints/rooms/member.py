@@ -57,13 +57,14 @@ class Member:
         "_high",
         "_high_bytes",
         "_is_behind",
-        "_item",
+        "_items",
         "_look_at",
         "_look_sent",
         "_low",
         "_low_bytes",
         "_max_bytes",
         "_max_queue",
+        "_muted",
         "_policy",
         "_progress",
         "_queue",
@@ -75,6 +76,7 @@ class Member:
         "_slow_after",
         "_stop",
         "_stopping",
+        "_thread",
         "_waiter",
         "behind_since",
         "deliver",
@@ -113,13 +115,14 @@ class Member:
         self._send_timeout = send_timeout
         self._slow_after = slow_after
         self._room = Room("") if room is None else room
-        self._item = self._room.stamped_item if stamp else self._room.item
+        self._items = self._room.stamped_items if stamp else self._room.items
         self._queue: deque[Item] = deque()
         self._bytes = 0
         self._is_behind = False
         self._waiter: Wakeup | None = None
         self._stop: Callable[[], object] | None = None
         self._stopping = False
+        self._muted = False
         self._sending = False
         self._sent = 0
         self._seen = -1  # the watchdog's first look always counts as progress
@@ -127,6 +130,7 @@ class Member:
         self._look_sent = -1  # the room's first look always counts as progress
         self._look_at = 0.0
         self._handle = LoopHandle.current()
+        self._thread = self._handle.thread
         self._room.add(self)
         self.deliver: Deliver = self._deliver
         """Queue a message unless this member sent it: the broker's `Deliver`, from any thread.
@@ -142,8 +146,9 @@ class Member:
     def _deliver(self, message: Message) -> None:
         """Queue `message` unless this member sent it (`deliver` until the member resumes)."""
         if message.sender != self.id:
-            item = self._item(message)
-            if get_ident() == self._handle.thread:
+            last = self._items.last  # the item made for the member before: no call (ItemCache)
+            item = last[1] if last[0] is message else self._items.item(message)
+            if get_ident() == self._thread:
                 self._put(item)
             else:
                 self._handle.call(partial(self._put, item))
@@ -156,7 +161,7 @@ class Member:
 
     def put_message(self, message: Message) -> None:
         """Queue `message` whoever sent it (a resuming member's history), stamped as this member's are."""
-        self._put(self._item(message))
+        self._put(self._items.item(message))
 
     def resume(self, position: Callable[[str], tuple[int, ...] | None]) -> Gate:
         """Hold deliveries in a new gate (at most `max_queue` messages and `max_queue_bytes`) until it opens.
@@ -185,16 +190,38 @@ class Member:
 
     def _put(self, item: Item) -> None:
         queue = self._queue
+        total = self._bytes + item[1]
+        if len(queue) < self._high and total <= self._high_bytes:
+            # Under the high-water mark after this one: neither full nor behind, nothing to
+            # check (a burst's usual case; a muted member's marks are -1, so it never gets here).
+            queue.append(item)
+            self._bytes = total
+        elif not self._put_past_high(item):
+            return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # done: cancelled with the writer
+                waiter.set_result(None)
+
+    def _put_past_high(self, item: Item) -> bool:
+        """Queue `item` at or past the high-water mark; return whether it was queued.
+
+        Here the slow-consumer policy applies, and the room counts the member as behind.
+        """
+        if self._muted:
+            return False
+        queue = self._queue
         size = item[1]
         if queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
             if self._policy == "drop_newest":
                 self.dropped += 1
-                return
+                return False
             if self._policy == "close":
                 if not self.overflowed:
                     self.overflowed = True
                     self._abort()
-                return
+                return False
             while queue and (len(queue) >= self._max_queue or self._bytes + size > self._max_bytes):
                 self._bytes -= queue.popleft()[1]
                 self.dropped += 1
@@ -203,11 +230,7 @@ class Member:
         if not self._is_behind and (len(queue) > self._high or self._bytes > self._high_bytes) and not self.slow:
             self._is_behind = True
             self._room.fell_behind(self)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():  # done: cancelled with the writer
-                waiter.set_result(None)
+        return True
 
     def push_first(self, payload: str) -> None:
         """Queue the text `payload` ahead of everything queued so far (a joiner's presence snapshot)."""
@@ -223,6 +246,20 @@ class Member:
 
     def _abort(self) -> None:
         self._wake()
+        self._halt()
+
+    def mute(self) -> None:
+        """Stop sending for good, once the connection has ended: what is queued, and all that comes, is dropped.
+
+        So the writer can send straight to the server, with no check of the connection per send.
+        """
+        self._muted = True
+        self._high = self._high_bytes = -1  # every `_put` takes the careful path, which drops
+        self._queue.clear()
+        self._bytes = 0
+        if self._is_behind:
+            self._is_behind = False
+            self._room.drained(self)
         self._halt()
 
     def _halt(self) -> None:
@@ -259,7 +296,8 @@ class Member:
 
         Returns when the queue overflowed under the "close" policy, or when sending made no
         progress for `send_timeout` seconds; `stalled` then says which, and `on_stall` is
-        awaited with it first. (Awaiting it here, in the frame that caught the cancellation,
+        awaited with it first. Returns quietly once `mute()` was called. What `send` raises
+        ends the writer with that exception. (Awaiting it here, in the frame that caught the cancellation,
         rather than in the caller also keeps Python 3.11's line tracing, and so coverage, exact.)
 
         On asyncio the loop's watchdog looks for stalls, so a send costs no timer; on trio each
@@ -269,26 +307,32 @@ class Member:
         mark: that happens as the message leaves the queue, before its send is awaited.
         """
         handle = self._handle
-        if handle.has_watchdog:
-            # A bare task cancel rather than an anyio cancel scope: 0.5 KB less per idle member
-            # (the scope and its two sets), measured.
-            task = asyncio.current_task()
-            assert task is not None
-            self._stop = task.cancel
-            handle.watch(self, self._send_timeout)
-            try:
-                await self._send_all(send, None)
-            except asyncio.CancelledError:
-                if not self._stopping:
-                    raise
-                getattr(task, "uncancel", int)()  # Python 3.11+: take our cancel back; 3.10 keeps no count
-            finally:
-                handle.unwatch(self)
-        else:
-            with anyio.CancelScope() as scope:
-                self._stop = scope.cancel
-                await self._send_all(send, scope)
-        self._stop = None
+        if self._muted:
+            return
+        try:
+            if handle.has_watchdog:
+                # A bare task cancel rather than an anyio cancel scope: 0.5 KB less per idle member
+                # (the scope and its two sets), measured.
+                task = asyncio.current_task()
+                assert task is not None
+                self._stop = task.cancel
+                handle.watch(self, self._send_timeout)
+                try:
+                    await self._send_all(send, None)
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                    getattr(task, "uncancel", int)()  # Python 3.11+: take our cancel back; 3.10 keeps no count
+                finally:
+                    handle.unwatch(self)
+            else:
+                with anyio.CancelScope() as scope:
+                    self._stop = scope.cancel
+                    await self._send_all(send, scope)
+        finally:
+            self._stop = None  # never cancel this task once the writer has ended
+        if self._muted:
+            return  # the connection ended meanwhile: nothing to tell it
         self.stalled = "slow consumer" if self.overflowed else "send timeout"
         if on_stall is not None:
             await on_stall(self.stalled)

@@ -44,7 +44,7 @@ from .resume import with_id
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
     from .member import Member
 
-__all__ = ["Item", "Room"]
+__all__ = ["Item", "ItemCache", "Room"]
 
 Item = tuple[dict[str, str], int]
 """A queued "websocket.send" event and the size of its text in UTF-8 bytes."""
@@ -58,6 +58,35 @@ def make_item(text: str) -> Item:
     return {"type": "websocket.send", "text": text}, len(text) if text.isascii() else len(text.encode())
 
 
+class ItemCache:
+    """The queue item of the latest message, made once for all the members it goes to in a row.
+
+    One cached pair instead of a dict: read and replaced whole, so any thread may use it. A
+    member reads `last` itself and calls `item` only for a new message: a call less per delivery.
+    With `stamp`, items are JSON-mode envelopes with the message's `"id"` (`with_id`).
+    """
+
+    __slots__ = ("_stamp", "last")
+
+    def __init__(self, *, stamp: bool) -> None:
+        self._stamp = stamp
+        self.last: tuple[Message | None, Item] = (None, make_item(""))
+
+    def item(self, message: Message) -> Item:
+        """Return the queue item of `message`."""
+        last = self.last
+        if last[0] is message:
+            return last[1]
+        text = message.payload
+        if self._stamp:
+            # A message to one user (`send_to`) goes without its id: it is not in the room's
+            # history, so a client must never resume from it.
+            text = with_id(text, None if message.to is not None else message.id)
+        item = make_item(text)
+        self.last = (message, item)
+        return item
+
+
 class Room:
     """The members of one room in this process, which of them are behind, and the publishers waiting.
 
@@ -69,12 +98,12 @@ class Room:
         "_behind",
         "_busy_at",
         "_judged_at",
-        "_last",
-        "_last_stamped",
         "_lock",
         "_members",
         "_waiters",
+        "items",
         "key",
+        "stamped_items",
     )
 
     _registry: ClassVar[weakref.WeakKeyDictionary[Broker, dict[str, Room]]] = weakref.WeakKeyDictionary()
@@ -88,8 +117,8 @@ class Room:
         self._behind: set[Member] = set()
         self._waiters: list[tuple[LoopHandle, Waiter]] = []
         self._busy_at = self._judged_at = 0.0
-        self._last: tuple[Message | None, Item] = (None, make_item(""))
-        self._last_stamped: tuple[Message | None, Item] = (None, make_item(""))
+        self.items = ItemCache(stamp=False)
+        self.stamped_items = ItemCache(stamp=True)
 
     @classmethod
     def of(cls, broker: Broker, key: str) -> Room:
@@ -127,28 +156,9 @@ class Room:
     def item(self, message: Message) -> Item:
         """Return the queue item of `message`, made once for all the members it goes to in a row.
 
-        One cached pair instead of a dict: read and replaced whole, so any thread may call this.
+        JSON-mode members read `stamped_items` instead: their envelopes carry the message's id.
         """
-        last = self._last
-        if last[0] is message:
-            return last[1]
-        item = make_item(message.payload)
-        self._last = (message, item)
-        return item
-
-    def stamped_item(self, message: Message) -> Item:
-        """Return the queue item of `message` for a JSON-mode member: its envelope with its `"id"` (`with_id`).
-
-        Made once for all such members, as `item` is, with a cached pair of its own.
-        """
-        last = self._last_stamped
-        if last[0] is message:
-            return last[1]
-        # A message to one user (`send_to`) goes without its id: it is not in the room's history,
-        # so a client must never resume from it.
-        item = make_item(with_id(message.payload, None if message.to is not None else message.id))
-        self._last_stamped = (message, item)
-        return item
+        return self.items.item(message)
 
     @property
     def members(self) -> int:
