@@ -208,10 +208,10 @@ The room's tally, a small hash beside its stream, keeps what the next append nee
 (which `max_rooms` counts) is next refreshed. An append reads the tally (one HMGET) instead of
 the stream's last entry, looks at the stream's head only when the stream may hold more than
 `stream_bytes`, and refreshes the score (a second ahead) and the tally's TTL about once a
-second rather than each time. A lone message costs 6 Redis calls instead of 9 (4 per message
+second rather than each time. A lone message costs 6 Redis calls instead of 8-9 (4 per message
 of a batch), and a room that has seen more than `stream_bytes` in all no longer reads 16
 entries per append: the script's time in Redis per 32-byte message went from 33-46 to 9-11 µs
-(alone on loopback), and from 43-94 to 35-44 µs on the two-process benchmark. A tally never
+(alone on loopback), and from 37-94 to 33-45 µs on the two-process benchmark. A tally never
 runs behind its stream, the only way two entries could get one number: every entry we append
 goes through it, and without one (new, or lost) it is read from the stream's last entry. A
 tally that outlives its stream (deleted, or expired: the tally lives up to 2 s longer) numbers
