@@ -31,6 +31,8 @@ test: $(STAMP) system-deps
 	$(BIN)/mypy
 	rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	# The broker tests again with redis-py's pure-Python parser, as without the `redis` extra's hiredis.
+	$(BIN)/coverage run -m pytest -p tests.without_hiredis $(PYTEST_ARGS) tests/brokers
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 

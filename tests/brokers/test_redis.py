@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ import anyio.abc
 import pytest
 import redis
 import redis.asyncio
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 
 from tests.bounded import bounded
 from tests.redis_server import RedisServer
@@ -85,6 +87,26 @@ def in_order(payloads: list[str], name: str) -> list[int]:
 @bounded(30)
 async def test_redis_broker_passes_the_contract(redis_url: str) -> None:
     await check_broker(RedisBroker(redis_url))
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_replies_are_parsed_by_hiredis_unless_it_is_hidden(redis_url: str) -> None:
+    """The `redis` extra brings hiredis, which redis-py parses with; without it, its own parser.
+
+    `make test` runs these tests once as installed and once with hiredis hidden
+    (`-p tests.without_hiredis`): this says which parser each run went through.
+    """
+    hidden = "hiredis" in sys.modules and sys.modules["hiredis"] is None
+    async with RedisBroker(redis_url) as broker:
+        await broker.members("room")  # connects
+        assert broker._link is not None
+        assert broker._link.clients is not None
+        pool = broker._link.clients.commands.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        parser = type(connection._parser)
+        await pool.release(connection)
+    assert parser is (_AsyncRESP2Parser if hidden else _AsyncHiredisParser)
 
 
 @pytest.mark.anyio

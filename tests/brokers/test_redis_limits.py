@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -36,6 +37,15 @@ CONTROL = "".join(chr(n) for n in range(32)) * 2048
 
 def entry_bytes(fields: dict[bytes, bytes]) -> int:
     return sum(len(name) + len(value) for name, value in fields.items())
+
+
+async def admits(broker: RedisBroker, room: str) -> bool:
+    """Publish to `room`; return whether it was taken, False if it would be a room past `max_rooms`."""
+    try:
+        await broker.publish(room, Message("welcome"))
+    except TooManyRoomsError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -100,15 +110,7 @@ async def test_redis_broker_bounds_what_one_prefix_holds(own_redis: RedisServer)
             assert await admin.exists(b"wsendpoints:room:r10") == 0
             # Rooms end with their streams (stream_ttl): then new rooms are welcome again.
             await broker.leave("r0", "m1")
-
-            async def publish_to_a_new_room() -> bool:
-                try:
-                    await broker.publish("new", Message("finally"))
-                except TooManyRoomsError:
-                    return False
-                return True
-
-            await eventually(publish_to_a_new_room, True, within=10)
+            await eventually(partial(admits, broker, "new"), True, within=10)
 
 
 @pytest.mark.anyio
@@ -365,7 +367,7 @@ async def test_redis_writer_closing_drops_a_message_a_publisher_is_appending(sto
         clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
         await commands.set(shared.keys.writer, b"1", px=10_000)
         os.kill(stopped.process.pid, signal.SIGSTOP)
-        publishing = asyncio.ensure_future(writer.publish(clients, shared.keys.room("r"), b"{}", b"hello"))
+        publishing = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"hello"))
 
         async def on_its_way() -> bool:
             return writer.writing
@@ -393,13 +395,13 @@ async def test_redis_writer_flush_waits_for_a_publisher_appending_its_message(st
         clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
         await commands.set(shared.keys.writer, b"1", px=10_000)
         os.kill(stopped.process.pid, signal.SIGSTOP)
-        first = asyncio.ensure_future(writer.publish(clients, key, b"{}", b"first"))
+        first = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"first"))
 
         async def on_its_way() -> bool:
             return writer.writing
 
         await eventually(on_its_way, True)
-        second = asyncio.ensure_future(writer.publish(clients, key, b"{}", b"second"))  # queued behind it
+        second = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"second"))  # queued behind it
         flushing = asyncio.ensure_future(writer.flush(clients))
         os.kill(stopped.process.pid, signal.SIGCONT)
         with anyio.fail_after(5):

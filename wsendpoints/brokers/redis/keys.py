@@ -4,6 +4,8 @@ Where `{p}` is the `prefix` and `{room}` the room name percent-encoded (so that 
 `?`, `[` or a shared beginning never make two rooms meet):
 
 - `{p}:room:{room}`: the room's stream (see `wire`);
+- `{p}:tally:{room}`: a small hash beside the stream: the number and bytes of its last entry,
+  and when its `max_rooms` score is refreshed next (see `writer`);
 - `{p}:members:{room}`: the room's presence hash (see `presence`);
 - `{p}:names:{room}`: how many members each user name has in the room (see `scripts`);
 - `{p}:process:{id}`: a process's heartbeat;
@@ -47,6 +49,15 @@ class Keys:
     def room(self, room: str) -> bytes:
         """Return the key of `room`'s stream."""
         return self._key("room", quote(room.encode("utf-8", "surrogatepass"), safe=""))
+
+    def tally(self, room: str) -> bytes:
+        """Return the key of `room`'s tally, the hash that the appends keep beside its stream."""
+        return self._key("tally", quote(room.encode("utf-8", "surrogatepass"), safe=""))
+
+    def stream(self, room: str) -> tuple[bytes, bytes]:
+        """Return the keys of `room`'s stream and of its tally, what an append needs."""
+        name = quote(room.encode("utf-8", "surrogatepass"), safe="")
+        return self._key("room", name), self._key("tally", name)
 
     def members(self, room: str) -> bytes:
         """Return the key of `room`'s presence hash."""

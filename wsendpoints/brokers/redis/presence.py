@@ -66,7 +66,7 @@ class Presence:
 
     def _keys(self, room: str) -> list[bytes]:
         keys = self.shared.keys
-        return [keys.members(room), keys.names(room), keys.room(room), keys.rooms]
+        return [keys.members(room), keys.names(room), keys.room(room), keys.rooms, keys.tally(room)]
 
     def _notice_args(self) -> list[Any]:
         """What every script takes first: where heartbeats are, and how to append a notice."""

@@ -8,14 +8,15 @@ script itself, so they take their place in the room's one order exactly where pr
 changed, and a member that enters learns where it entered (`after`) together with the names
 present.
 
-A notice is appended as the writer appends a message (see `writer`): with its number `n` and
-the stream's bytes `at`, and the room counted for `max_rooms` until its stream expires. It is
-not trimmed to `stream_bytes` here (a notice is small): the next message's append does that.
+A notice is appended as the writer appends a message, by the same Lua (see `writer`): with its
+number `n` and the stream's bytes `at` kept in the room's tally, and the room counted for
+`max_rooms` until its stream expires. It is not trimmed to `stream_bytes` here (a notice is
+small): the next message's append does that.
 
-Every script but `RESTORE` takes KEYS = (members, names, stream, the rooms' sorted set) and
-ARGV beginning with (heartbeat key prefix, stream maxlen, stream ttl ms, max rooms). Heartbeats
-of other processes are read by name (prefix .. process id), which standalone Redis allows;
-Redis Cluster would need the keys of one room in one slot (see `keys`).
+Every script but `RESTORE` takes KEYS = (members, names, stream, the rooms' sorted set, the
+stream's tally) and ARGV beginning with (heartbeat key prefix, stream maxlen, stream ttl ms,
+max rooms). Heartbeats of other processes are read by name (prefix .. process id), which
+standalone Redis allows; Redis Cluster would need the keys of one room in one slot (see `keys`).
 """
 
 from __future__ import annotations
@@ -28,22 +29,10 @@ _COMMON = (
     ROOMS_LUA
     + """
 local function notice(meta, payload)
-  local stream = KEYS[3]
-  local kind = redis.call('TYPE', stream)['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
-    return
-  end
-  local at, count = 0, 0
-  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  if last then
-    at, count = number(last[2], 'at'), number(last[2], 'n')
-  end
-  at = at + #meta + #payload
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'meta', meta, 'payload', payload,
-    'n', string.format('%.0f', count + 1), 'at', string.format('%.0f', at))
-  redis.call('PEXPIRE', stream, ARGV[3])
-  local now = now_ms()
-  keep(KEYS[4], stream, tonumber(ARGV[4]), now + tonumber(ARGV[3]), now)
+  -- the room was counted among the rooms as its member entered (`RESERVE`); never trimmed to
+  -- `stream_bytes` here: the next message's append does that
+  append(KEYS[3], KEYS[5], meta, payload, {maxlen = ARGV[2], ttl = tonumber(ARGV[3]), budget = math.huge,
+    max_rooms = tonumber(ARGV[4]), rooms = KEYS[4], now = now_ms(), checked = true})
 end
 
 local function decode(value)
