@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -45,6 +46,13 @@ def test_a_function_that_is_not_starlettes_sender_is_left_as_it_is() -> None:
 
     assert server_send(send) is send
     assert base._code_named(_exception_handler.wrap_app_handling_exceptions.__code__, "nothing") is None
+
+
+def test_a_starlette_without_its_exception_handler_module_costs_only_the_shortcut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "starlette._exception_handler", None)  # what a failed import leaves
+    assert base._starlette_sender() is None
 
 
 def test_without_starlettes_sender_nothing_is_unwrapped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,6 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 import anyio
-from starlette import _exception_handler
 from starlette.endpoints import WebSocketEndpoint
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.responses import PlainTextResponse
@@ -77,7 +76,19 @@ def _code_named(code: CodeType, name: str) -> CodeType | None:
     return None
 
 
-_STARLETTE_SENDER = _code_named(_exception_handler.wrap_app_handling_exceptions.__code__, "sender")
+def _starlette_sender() -> CodeType | None:
+    """Return the code of Starlette's exception-handler `sender`, or None if this Starlette has none.
+
+    `starlette._exception_handler` is private: a release without it costs the shortcut, never the import.
+    """
+    try:
+        from starlette._exception_handler import wrap_app_handling_exceptions
+    except ImportError:
+        return None
+    return _code_named(wrap_app_handling_exceptions.__code__, "sender")
+
+
+_STARLETTE_SENDER = _starlette_sender()
 """The code of Starlette's exception-handler `sender`, the `send` wrapper its app and its route each add.
 
 For any message but "http.response.start" it only awaits the `send` it wraps. Found by name in
