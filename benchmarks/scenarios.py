@@ -225,7 +225,10 @@ class Fanout:
 
     Receivers are spread over `servers` in turn (the two-process scenario); the sender joins
     the first server. `slow` makes one more receiver, with a small receive buffer, that
-    `sample(stop_reading=True)` stops reading. `deflate` has every connection offer
+    `sample(stop_reading=True)` stops reading; `small_buffer=False` gives it the system's default
+    receive buffer instead (the reference rooms, where it reads: a 4 KiB window paces the whole
+    closed loop on TCP's delayed acknowledgements, by tens of ms, on some runs and some peers, and
+    the reference is then not a room where every member keeps up). `deflate` has every connection offer
     permessage-deflate.
     """
 
@@ -238,6 +241,7 @@ class Fanout:
         size: int,
         slow: bool = False,
         deflate: bool = False,
+        small_buffer: bool = True,
     ) -> None:
         self.servers = servers
         self.room = room
@@ -245,6 +249,7 @@ class Fanout:
         self.settings = settings
         self.size = size
         self.slow = slow
+        self.small_buffer = small_buffer
         self.deflate = deflate
         self.run = FanoutRun(settings.window, size)
         self.receivers: list[Receiver] = []
@@ -270,7 +275,8 @@ class Fanout:
         if self.slow:
             last = self.servers[self.members % len(self.servers)].port
             slow = partial(Receiver, HOST, last, self._path("slow"), self.run, prefix, healthy=False)
-            self.slow_receiver = await connect(slow, rcvbuf=self.settings.slow_rcvbuf, deflate=self.deflate)
+            rcvbuf = self.settings.slow_rcvbuf if self.small_buffer else None
+            self.slow_receiver = await connect(slow, rcvbuf=rcvbuf, deflate=self.deflate)
         self.hub = ReadHub(self.settings.read_pace)
         for receiver in self._all():
             self.hub.add(receiver)
