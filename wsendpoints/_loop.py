@@ -35,6 +35,9 @@ from anyio.lowlevel import current_token
 
 __all__ = ["LoopHandle", "Waiter", "Wakeup", "Watched"]
 
+_LONGEST_PERIOD = 0.5
+"""The watchdog's period when every timeout watched is 2 s or longer."""
+
 
 class Waiter(Protocol):
     """Something one task waits on until another sets it."""
@@ -121,6 +124,7 @@ class LoopHandle:
         "_loop",
         "_period",
         "_schedule",
+        "_timeouts",
         "_timer",
         "_watched",
         "checkpoint",
@@ -135,9 +139,12 @@ class LoopHandle:
         self.clock: Callable[[], float]
         """The loop's clock, as `anyio.current_time()` reads it but without looking the backend up each time."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watched: set[Watched] = set()
+        self._watched: dict[Watched, float] = {}
+        """What the watchdog checks, each with its timeout."""
+        self._timeouts: dict[float, int] = {}
+        """How many watched objects have each timeout: the period follows the shortest watched now."""
         self._timer: asyncio.TimerHandle | None = None
-        self._period = 0.5
+        self._period = _LONGEST_PERIOD
         self.wakeup: Callable[[], Wakeup]
         """Return a new single-use `Wakeup` for this loop: set it with `set_result(None)` unless `done()`.
 
@@ -188,16 +195,52 @@ class LoopHandle:
             return _FutureWaiter(self._loop)
         return anyio.Event()
 
+    @property
+    def period(self) -> float:
+        """The watchdog's period: a quarter of the shortest timeout watched now, at most 0.5 s."""
+        return self._period
+
+    @property
+    def next_check(self) -> float | None:
+        """When (on the loop's clock) the watchdog looks next, or None while it is idle."""
+        return None if self._timer is None else self._timer.when()
+
     def watch(self, watched: Watched, timeout: float) -> None:
-        """Call `watched.check_stall(now)` at least every `timeout / 4` seconds until `unwatch` (asyncio only)."""
-        self._watched.add(watched)
-        self._period = min(self._period, timeout / 4)
-        if self._timer is None:
+        """Call `watched.check_stall(now)` at least every `timeout / 4` seconds until `unwatch` (asyncio only).
+
+        Per connection, not per message: a count per distinct timeout, and the timer moves
+        earlier at once when this timeout shortens the period.
+        """
+        watching = self._watched
+        if watched in watching:
+            self.unwatch(watched)
+        watching[watched] = timeout
+        timeouts = self._timeouts
+        timeouts[timeout] = timeouts.get(timeout, 0) + 1
+        period = timeout / 4
+        timer = self._timer
+        if period < self._period:
+            self._period = period
+            if timer is not None:  # armed for the longer period: look no later than a new period from now
+                timer.cancel()
+                self._timer = self._loop_of_watchdog().call_at(min(timer.when(), self.clock() + period), self._check)
+                return
+        if timer is None:
             self._start_timer()
 
     def unwatch(self, watched: Watched) -> None:
-        """Stop watching `watched`."""
-        self._watched.discard(watched)
+        """Stop watching `watched`; the period grows back when it had the shortest timeout watched."""
+        timeout = self._watched.pop(watched, None)
+        if timeout is None:
+            return
+        timeouts = self._timeouts
+        left = timeouts[timeout] - 1
+        if left:
+            timeouts[timeout] = left
+            return
+        del timeouts[timeout]
+        if timeout / 4 <= self._period:  # it was the shortest: O(distinct timeouts), usually one or two
+            self._period = min([_LONGEST_PERIOD, *(other / 4 for other in timeouts)])
 
     def _check(self) -> None:
         now = self.clock()
@@ -207,7 +250,10 @@ class LoopHandle:
         if self._watched:
             self._start_timer()
 
-    def _start_timer(self) -> None:
+    def _loop_of_watchdog(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         assert loop is not None, "the watchdog needs asyncio: see has_watchdog"
-        self._timer = loop.call_later(self._period, self._check)
+        return loop
+
+    def _start_timer(self) -> None:
+        self._timer = self._loop_of_watchdog().call_later(self._period, self._check)
