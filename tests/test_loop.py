@@ -1,10 +1,12 @@
-"""The asyncio watchdog of `LoopHandle`: its period and its timer."""
+"""The asyncio watchdog of `LoopHandle`: its period, its timer and its failures."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import anyio
+import pytest
 
 from wsendpoints._loop import LoopHandle
 
@@ -25,6 +27,13 @@ class Counting:
             while self.checks < checks:
                 self.looked = anyio.Event()
                 await self.looked.wait()
+
+
+class Failing:
+    """A watched object whose check always raises."""
+
+    def check_stall(self, now: float) -> None:
+        raise RuntimeError("broken check")
 
 
 def test_watchdog_period_follows_the_timeouts_watched_now() -> None:
@@ -75,3 +84,22 @@ def test_watchdog_looks_sooner_when_a_shorter_timeout_comes() -> None:
         handle.unwatch(short)
 
     anyio.run(scenario)
+
+
+def test_watchdog_keeps_checking_the_others_when_one_check_raises(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        handle = LoopHandle.current()
+        failing, counting = Failing(), Counting()
+        handle.watch(failing, 0.04)  # looked at first in each round
+        handle.watch(counting, 0.04)
+        await counting.wait_for(3)  # the failing check raised in each of these rounds
+        handle.unwatch(failing)
+        handle.unwatch(counting)
+        assert handle.period == 0.5
+
+    with caplog.at_level(logging.ERROR, "wsendpoints"):
+        anyio.run(scenario)
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1  # once, not once per round
+    assert errors[0].exc_info is not None
+    assert str(errors[0].exc_info[1]) == "broken check"

@@ -22,6 +22,7 @@ per loop instead of one per send.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import weakref
@@ -34,6 +35,8 @@ import anyio.lowlevel
 from anyio.lowlevel import current_token
 
 __all__ = ["LoopHandle", "Waiter", "Wakeup", "Watched"]
+
+logger = logging.getLogger("wsendpoints")
 
 _LONGEST_PERIOD = 0.5
 """The watchdog's period when every timeout watched is 2 s or longer."""
@@ -121,6 +124,7 @@ class LoopHandle:
 
     __slots__ = (
         "__weakref__",
+        "_failed",
         "_loop",
         "_period",
         "_schedule",
@@ -143,6 +147,8 @@ class LoopHandle:
         """What the watchdog checks, each with its timeout."""
         self._timeouts: dict[float, int] = {}
         """How many watched objects have each timeout: the period follows the shortest watched now."""
+        self._failed: set[Watched] = set()
+        """Watched objects whose check raised, logged once each."""
         self._timer: asyncio.TimerHandle | None = None
         self._period = _LONGEST_PERIOD
         self.wakeup: Callable[[], Wakeup]
@@ -233,6 +239,7 @@ class LoopHandle:
         timeout = self._watched.pop(watched, None)
         if timeout is None:
             return
+        self._failed.discard(watched)
         timeouts = self._timeouts
         left = timeouts[timeout] - 1
         if left:
@@ -243,10 +250,16 @@ class LoopHandle:
             self._period = min([_LONGEST_PERIOD, *(other / 4 for other in timeouts)])
 
     def _check(self) -> None:
+        self._timer = None  # first: whatever happens below, `watch` and the re-arm see no fired timer
         now = self.clock()
         for watched in list(self._watched):
-            watched.check_stall(now)
-        self._timer = None
+            try:
+                watched.check_stall(now)
+            except Exception:
+                # One broken check must not switch off every other deadline on this loop.
+                if watched not in self._failed:
+                    self._failed.add(watched)
+                    logger.exception("The send watchdog's check of %r failed; it keeps checking", watched)
         if self._watched:
             self._start_timer()
 
