@@ -1,13 +1,16 @@
-"""The asyncio watchdog of `LoopHandle`: its period, its timer and its failures."""
+"""The asyncio watchdog of `LoopHandle`: its period, its timer, its failures, and its loop's lifetime."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import anyio
 import pytest
 
+from wsendpoints._deadline import SendWatch
 from wsendpoints._loop import LoopHandle
 
 
@@ -103,3 +106,20 @@ def test_watchdog_keeps_checking_the_others_when_one_check_raises(caplog: pytest
     assert len(errors) == 1  # once, not once per round
     assert errors[0].exc_info is not None
     assert str(errors[0].exc_info[1]) == "broken check"
+
+
+def test_loop_handle_lets_an_ended_loop_be_collected() -> None:
+    """Neither a loop's handle nor what it watched keeps the loop alive once `asyncio.run` returns."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def connection() -> None:
+        watch = SendWatch.for_current_loop(10.0)
+        assert watch is not None
+        watch.close()
+        LoopHandle.current().watch(Counting(), 1.0)  # never unwatched: the loop ends with the timer armed
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+
+    for _ in range(5):
+        asyncio.run(connection())
+    gc.collect()
+    assert [loop() for loop in loops] == [None] * 5

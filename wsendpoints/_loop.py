@@ -108,7 +108,12 @@ class Watched(Protocol):
     def check_stall(self, now: float) -> None: ...
 
 
-_asyncio_handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandle] = weakref.WeakKeyDictionary()
+_asyncio_handles: weakref.WeakValueDictionary[int, LoopHandle] = weakref.WeakValueDictionary()
+"""Each asyncio loop's handle by `id(loop)`, held weakly so that a loop that has ended can be collected.
+
+A handle holds its loop (its bound methods are the fast path), so a dict keyed by the loop would
+keep every loop alive for good. While an entry exists its handle keeps the loop, and so the id, alive;
+whatever uses the handle (members, send watches, the armed timer) keeps it."""
 
 
 class LoopHandle:
@@ -176,9 +181,9 @@ class LoopHandle:
         """Return the handle of the running loop: one per asyncio loop, a new one on trio."""
         native = current_token().native_token
         if isinstance(native, asyncio.AbstractEventLoop):
-            handle = _asyncio_handles.get(native)
+            handle = _asyncio_handles.get(id(native))
             if handle is None:
-                handle = _asyncio_handles[native] = cls()
+                handle = _asyncio_handles[id(native)] = cls()
             return handle
         return cls()
 
