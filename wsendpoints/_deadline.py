@@ -8,7 +8,7 @@ watchdog (`LoopHandle.watch`, one timer per event loop for every connection) loo
 in flight a few times per `timeout`: a send it finds still running, with the same number, at
 least `timeout` seconds after it first saw it has its task cancelled, and `expired()` tells the
 sender that this cancellation was the watch's. So a stalled send ends between `timeout` and
-`timeout` plus the watchdog's period (a quarter of the shortest timeout watched, at most 0.5 s).
+`timeout` plus the watchdog's period (a quarter of the shortest timeout watched on the loop now, at most 0.5 s).
 On other event loops (trio) `for_current_loop()` gives None and the caller uses a cancel scope
 per send.
 """

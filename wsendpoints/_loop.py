@@ -22,6 +22,7 @@ per loop instead of one per send.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import weakref
@@ -34,6 +35,11 @@ import anyio.lowlevel
 from anyio.lowlevel import current_token
 
 __all__ = ["LoopHandle", "Waiter", "Wakeup", "Watched"]
+
+logger = logging.getLogger("wsendpoints")
+
+_LONGEST_PERIOD = 0.5
+"""The watchdog's period when every timeout watched is 2 s or longer."""
 
 
 class Waiter(Protocol):
@@ -102,7 +108,12 @@ class Watched(Protocol):
     def check_stall(self, now: float) -> None: ...
 
 
-_asyncio_handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandle] = weakref.WeakKeyDictionary()
+_asyncio_handles: weakref.WeakValueDictionary[int, LoopHandle] = weakref.WeakValueDictionary()
+"""Each asyncio loop's handle by `id(loop)`, held weakly so that a loop that has ended can be collected.
+
+A handle holds its loop (its bound methods are the fast path), so a dict keyed by the loop would
+keep every loop alive for good. While an entry exists its handle keeps the loop, and so the id, alive;
+whatever uses the handle (members, send watches, the armed timer) keeps it."""
 
 
 class LoopHandle:
@@ -118,9 +129,11 @@ class LoopHandle:
 
     __slots__ = (
         "__weakref__",
+        "_failed",
         "_loop",
         "_period",
         "_schedule",
+        "_timeouts",
         "_timer",
         "_watched",
         "checkpoint",
@@ -135,9 +148,14 @@ class LoopHandle:
         self.clock: Callable[[], float]
         """The loop's clock, as `anyio.current_time()` reads it but without looking the backend up each time."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watched: set[Watched] = set()
+        self._watched: dict[Watched, float] = {}
+        """What the watchdog checks, each with its timeout."""
+        self._timeouts: dict[float, int] = {}
+        """How many watched objects have each timeout: the period follows the shortest watched now."""
+        self._failed: set[Watched] = set()
+        """Watched objects whose check raised, logged once each."""
         self._timer: asyncio.TimerHandle | None = None
-        self._period = 0.5
+        self._period = _LONGEST_PERIOD
         self.wakeup: Callable[[], Wakeup]
         """Return a new single-use `Wakeup` for this loop: set it with `set_result(None)` unless `done()`.
 
@@ -163,9 +181,9 @@ class LoopHandle:
         """Return the handle of the running loop: one per asyncio loop, a new one on trio."""
         native = current_token().native_token
         if isinstance(native, asyncio.AbstractEventLoop):
-            handle = _asyncio_handles.get(native)
+            handle = _asyncio_handles.get(id(native))
             if handle is None:
-                handle = _asyncio_handles[native] = cls()
+                handle = _asyncio_handles[id(native)] = cls()
             return handle
         return cls()
 
@@ -188,26 +206,72 @@ class LoopHandle:
             return _FutureWaiter(self._loop)
         return anyio.Event()
 
+    @property
+    def period(self) -> float:
+        """The watchdog's period: a quarter of the shortest timeout watched now, at most 0.5 s."""
+        return self._period
+
+    @property
+    def next_check(self) -> float | None:
+        """When (on the loop's clock) the watchdog looks next, or None while it is idle."""
+        return None if self._timer is None else self._timer.when()
+
     def watch(self, watched: Watched, timeout: float) -> None:
-        """Call `watched.check_stall(now)` at least every `timeout / 4` seconds until `unwatch` (asyncio only)."""
-        self._watched.add(watched)
-        self._period = min(self._period, timeout / 4)
-        if self._timer is None:
+        """Call `watched.check_stall(now)` at least every `timeout / 4` seconds until `unwatch` (asyncio only).
+
+        Per connection, not per message: a count per distinct timeout, and the timer moves
+        earlier at once when this timeout shortens the period.
+        """
+        watching = self._watched
+        if watched in watching:
+            self.unwatch(watched)
+        watching[watched] = timeout
+        timeouts = self._timeouts
+        timeouts[timeout] = timeouts.get(timeout, 0) + 1
+        period = timeout / 4
+        timer = self._timer
+        if period < self._period:
+            self._period = period
+            if timer is not None:  # armed for the longer period: look no later than a new period from now
+                timer.cancel()
+                self._timer = self._loop_of_watchdog().call_at(min(timer.when(), self.clock() + period), self._check)
+                return
+        if timer is None:
             self._start_timer()
 
     def unwatch(self, watched: Watched) -> None:
-        """Stop watching `watched`."""
-        self._watched.discard(watched)
+        """Stop watching `watched`; the period grows back when it had the shortest timeout watched."""
+        timeout = self._watched.pop(watched, None)
+        if timeout is None:
+            return
+        self._failed.discard(watched)
+        timeouts = self._timeouts
+        left = timeouts[timeout] - 1
+        if left:
+            timeouts[timeout] = left
+            return
+        del timeouts[timeout]
+        if timeout / 4 <= self._period:  # it was the shortest: O(distinct timeouts), usually one or two
+            self._period = min([_LONGEST_PERIOD, *(other / 4 for other in timeouts)])
 
     def _check(self) -> None:
+        self._timer = None  # first: whatever happens below, `watch` and the re-arm see no fired timer
         now = self.clock()
         for watched in list(self._watched):
-            watched.check_stall(now)
-        self._timer = None
+            try:
+                watched.check_stall(now)
+            except Exception:
+                # One broken check must not switch off every other deadline on this loop.
+                if watched not in self._failed:
+                    self._failed.add(watched)
+                    logger.exception("The send watchdog's check of %r failed; it keeps checking", watched)
         if self._watched:
             self._start_timer()
 
-    def _start_timer(self) -> None:
+    def _loop_of_watchdog(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         assert loop is not None, "the watchdog needs asyncio: see has_watchdog"
-        self._timer = loop.call_later(self._period, self._check)
+        return loop
+
+    def _start_timer(self) -> None:
+        self._timer = self._loop_of_watchdog().call_later(self._period, self._check)

@@ -255,3 +255,22 @@ def test_check_stall_waits_for_a_whole_timeout_without_progress() -> None:
         assert scope.cancel_called
 
     anyio.run(scenario)
+
+
+def test_check_stall_counts_from_the_first_look_at_a_send() -> None:
+    """Looks while the writer is idle do not count towards the timeout of the send that follows."""
+
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        scope = anyio.CancelScope()  # never entered: only whether it was cancelled matters
+        member._stop = scope.cancel
+        member.check_stall(10.0)  # idle
+        member.check_stall(10.25)  # idle
+        member._sending = True  # a send begins after that look
+        member.check_stall(10.5)  # the first look at the send
+        member.check_stall(11.3)  # 1.05 s after the last idle look, 0.8 s after the send was first seen
+        assert not scope.cancel_called
+        member.check_stall(11.5)  # a whole timeout since the send was first seen
+        assert scope.cancel_called
+
+    anyio.run(scenario)

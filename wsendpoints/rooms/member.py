@@ -283,10 +283,17 @@ class Member:
         return alone_for >= self._slow_after or stuck_for >= self._slow_after / 4
 
     def check_stall(self, now: float) -> None:
-        """Stop the writer if a send has made no progress for `send_timeout` seconds (the watchdog calls this)."""
-        if not self._sending or self._sent != self._seen:
+        """Stop the writer if a send has made no progress for `send_timeout` seconds (the watchdog calls this).
+
+        As `SendWatch` does, the clock starts at the first look that finds a send in flight, never
+        at a look while idle: so a send is not judged stalled before `send_timeout`, and is within
+        `send_timeout` plus the watchdog's period.
+        """
+        if not self._sending:
+            self._seen = -1  # idle: the next look that finds a send in flight notes its time
+        elif self._sent != self._seen:
             self._seen, self._progress = self._sent, now
-        elif now - self._progress > self._send_timeout:
+        elif now - self._progress >= self._send_timeout:
             self._halt()
 
     async def run(
