@@ -107,7 +107,8 @@ async def test_redis_broker_history_after_a_cancelled_publisher_has_each_message
         got = Collector()
         async with broker.subscribe("r", got):
             await broker.publish("r", Message("m0"))
-            assert broker._link is not None and broker._link.clients is not None
+            assert broker._link is not None
+            assert broker._link.clients is not None
             clients = broker._link.clients
             lost = LostReply(clients.append)
             object.__setattr__(clients, "append", lost)  # the broker's own connections, one reply lost
@@ -204,7 +205,7 @@ class LateSet(redis.asyncio.Redis):
 
     armed: asyncio.Event | None = None
 
-    async def set(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
         result = await super().set(*args, **kwargs)
         if self.armed is not None:
             self.armed.set()

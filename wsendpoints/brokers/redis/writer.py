@@ -109,6 +109,25 @@ local function tally_of(tally, stream, origin)
   return 0, 0, 0, 0, 0
 end
 
+-- How many processes' `seq` fields a tally may hold (beside `n`, `at`, `lo` and `due`) before
+-- those of processes gone are dropped.
+local ORIGINS = 32
+
+-- Drop from `tally` the `seq` fields of processes whose heartbeat (`heartbeats` .. id) is gone
+-- (stopped, or hung past `presence_ttl`) once it holds more than ORIGINS: a room in use for
+-- months keeps a field per process that publishes there, not per process that ever did.
+local function forget_gone(tally, heartbeats)
+  local size = redis.pcall('HLEN', tally)
+  if type(size) ~= 'number' or size <= ORIGINS + 4 then -- n, at, lo, due and ORIGINS processes
+    return
+  end
+  for _, name in ipairs(redis.call('HKEYS', tally)) do
+    if string.sub(name, 1, 2) == 'o:' and redis.call('EXISTS', heartbeats .. string.sub(name, 3)) == 0 then
+      redis.call('HDEL', tally, name)
+    end
+  end
+end
+
 -- Drop the oldest entries until the stream holds at most `budget` bytes past what it held
 -- before them (`at` of an entry: the stream's bytes up to and including it). Each entry is
 -- looked at once before it goes: amortized O(1) per message. Returns the stream's bytes before
@@ -140,7 +159,8 @@ end
 
 -- Append the entry (`meta`, `payload`) to `stream`, numbered and counted in its `tally` (see
 -- `APPEND`); `room` holds the settings: maxlen, ttl (ms), budget (bytes), max_rooms, rooms (the
--- sorted set), now, and checked (true when the room is known to be admitted). `origin` (the
+-- sorted set), now, checked (true when the room is known to be admitted) and heartbeats (the
+-- heartbeat keys' prefix, to drop the `seq` fields of processes gone; nil to keep them). `origin` (the
 -- tally's field of the publishing process) and `seq` (the message's number there, as text) make
 -- the append idempotent: a `seq` no higher than the last one appended from `origin` is not
 -- appended again; nil for a notice, never sent twice. Returns the entry id, 0 when the key holds
@@ -183,6 +203,9 @@ local function append(stream, tally, meta, payload, room, origin, seq)
   redis.pcall('HSET', tally, unpack(fields))
   if refresh then
     redis.call('PEXPIRE', tally, room.ttl + 2 * REFRESH)
+    if room.heartbeats then
+      forget_gone(tally, room.heartbeats)
+    end
   end
   return id
 end
@@ -195,8 +218,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
 local room = {maxlen = ARGV[1], ttl = tonumber(ARGV[2]), budget = tonumber(ARGV[3]), max_rooms = tonumber(ARGV[4]),
-  rooms = KEYS[2], now = now_ms(), checked = false}
-local ids, j = {}, 6
+  rooms = KEYS[2], now = now_ms(), checked = false, heartbeats = ARGV[6]}
+local ids, j = {}, 7
 for i = 3, #KEYS, 2 do
   ids[#ids + 1] = append(KEYS[i], KEYS[i + 1], ARGV[j], ARGV[j + 1], room, ARGV[5], ARGV[j + 2])
   j = j + 3
@@ -205,8 +228,8 @@ return ids
 """
 )
 """Append a batch of messages (a stream and its tally per message from KEYS[3], and three ARGV
-each, `meta`, `payload` and `seq`, from ARGV[6]) of one process (its tally field, `o:` and its
-id, in ARGV[5]) unless KEYS[1], the writer's mark, is gone.
+each, `meta`, `payload` and `seq`, from ARGV[7]) of one process (its tally field, `o:` and its
+id, in ARGV[5]; the heartbeat keys' prefix in ARGV[6]) unless KEYS[1], the writer's mark, is gone.
 
 Each entry also gets `n`, its number in the stream, and `at`, the stream's bytes (`meta` plus
 `payload`) up to and including it: the stream keeps the last `stream_bytes` (ARGV[3]) of
@@ -217,8 +240,10 @@ something other than a stream, -1 when it would be a new room past `max_rooms` (
 for no limit) in the sorted set KEYS[2], or -2 when Redis has it already.
 
 Appending is idempotent: the tally keeps each process's highest `seq` appended to the room
-(field `o:<process id>`, one per process that published there while the tally lived, so bounded
-by the tally's TTL), and a message whose `seq` is no higher is not appended again. A message is
+(field `o:<process id>`), and a message whose `seq` is no higher is not appended again. The
+fields of processes whose heartbeat is gone are dropped once a tally holds more than 36 fields
+(looked at with the room's once-a-second refresh: one HLEN), so a tally holds one field per live
+process that published into the room, plus about 32 at most. A message is
 sent twice when its first attempt ran in Redis but its reply never came back (its publisher
 cancelled, or Redis stalled past `connect_timeout`): without this, `history(since=<the first
 copy>)` returned the second copy to a resuming client. It costs no Redis call (one more field
@@ -499,7 +524,10 @@ class Writer:
                 self.stream_bytes,
                 self.max_rooms,
                 self.origin,
-                *itertools.chain.from_iterable((outgoing.meta, outgoing.payload, outgoing.seq) for outgoing in batch),
+                self.shared.keys.heartbeats,
+                *itertools.chain.from_iterable(
+                    (outgoing.meta, outgoing.payload, b"%d" % outgoing.seq) for outgoing in batch
+                ),
             ],
         )
         if ids is None:
