@@ -249,3 +249,16 @@ async def admin_of_stopped(stopped: RedisServer) -> AsyncIterator[redis.asyncio.
     client = redis.asyncio.Redis.from_url(stopped.url, protocol=2)
     yield client
     await client.aclose()
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_replay_after_its_mark_expired_appends_nothing_redis_kept(
+    redis_url: str, admin: redis.asyncio.Redis
+) -> None:
+    """Only the writer's mark gone (the process hung past `presence_ttl`, Redis kept its data): no copies."""
+    async with RedisBroker(redis_url) as broker:
+        await broker.publish("r", Message("recent"))
+        await admin.delete(f"wsendpoints:writer:{broker.process_id}")
+        await broker.publish("r", Message("new"))
+        assert await payloads(admin) == [b"recent", b"new"]
