@@ -228,7 +228,7 @@ async def test_redis_writer_replays_after_data_loss_even_if_the_publisher_restor
     assert isinstance(commands, LateSet)
     async with commands:
         clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
-        await admin.set(writer.shared.keys.writer, b"1", px=10_000)
+        await commands.set(writer.shared.keys.writer, b"1", px=10_000)  # not armed: answered
         with anyio.fail_after(5):
             await writer.publish(clients, "r", b"{}", b"m1", 1)
         await admin.flushall()
