@@ -367,7 +367,7 @@ async def test_redis_writer_closing_drops_a_message_a_publisher_is_appending(sto
         clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
         await commands.set(shared.keys.writer, b"1", px=10_000)
         os.kill(stopped.process.pid, signal.SIGSTOP)
-        publishing = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"hello"))
+        publishing = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"hello", 1))
 
         async def on_its_way() -> bool:
             return writer.writing
@@ -395,13 +395,13 @@ async def test_redis_writer_flush_waits_for_a_publisher_appending_its_message(st
         clients = Clients(commands, commands, commands.register_script(APPEND), commands.register_script(RESERVE))
         await commands.set(shared.keys.writer, b"1", px=10_000)
         os.kill(stopped.process.pid, signal.SIGSTOP)
-        first = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"first"))
+        first = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"first", 1))
 
         async def on_its_way() -> bool:
             return writer.writing
 
         await eventually(on_its_way, True)
-        second = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"second"))  # queued behind it
+        second = asyncio.ensure_future(writer.publish(clients, "r", b"{}", b"second", 2))  # queued behind it
         flushing = asyncio.ensure_future(writer.flush(clients))
         os.kill(stopped.process.pid, signal.SIGCONT)
         with anyio.fail_after(5):

@@ -213,3 +213,33 @@ async def test_redis_broker_trims_large_messages_to_the_stream_bytes_one_by_one(
         lo = int(await admin.hget(TALLY, b"lo") or b"0")
         first = entries[0][1]
         assert lo == int(first[b"at"]) - sizes(entries)[0]  # the bytes before the first entry, exactly
+
+
+@pytest.mark.anyio
+@bounded(30)
+async def test_redis_broker_tally_keeps_the_last_seq_of_live_processes_and_forgets_those_gone(
+    redis_url: str, admin: redis.asyncio.Redis
+) -> None:
+    """One field per publishing process; past 36 fields in all, those without a heartbeat go at the next refresh."""
+    async with RedisBroker(redis_url) as first, RedisBroker(redis_url) as second:
+        await first.publish("r", Message("one"))
+        await second.publish("r", Message("two"))
+        await first.publish("r", Message("three"))
+        live: dict[Any, Any] = {f"o:{first.process_id}".encode(): b"2", f"o:{second.process_id}".encode(): b"1"}
+
+        async def origins() -> dict[bytes, bytes]:
+            fields: Any = await admin.hgetall(TALLY)
+            return {name: value for name, value in fields.items() if name.startswith(b"o:")}
+
+        assert await origins() == live
+        gone: dict[Any, Any] = {f"o:gone{n}".encode(): b"1" for n in range(30)}
+        await admin.hset(TALLY, mapping={**gone, b"due": b"0"})  # 32 processes and n, at, due: kept
+        await first.publish("r", Message("four"))
+        live[f"o:{first.process_id}".encode()] = b"3"
+        assert await origins() == {**live, **gone}
+        more: dict[Any, Any] = {f"o:gone{n}".encode(): b"1" for n in range(30, 34)}
+        await admin.hset(TALLY, mapping={**more, b"due": b"0"})  # past 36 fields: those gone go
+        await second.publish("r", Message("five"))
+        live[f"o:{second.process_id}".encode()] = b"2"
+        assert await origins() == live
+        assert [payload for _, _, payload in await numbers(admin)] == [b"one", b"two", b"three", b"four", b"five"]

@@ -222,7 +222,7 @@ class RedisBroker(Broker):
         meta, payload = encode_entry(
             message.payload, message.sender, self.process_id, self._seq, message.to, message.close
         )
-        await link.writer.publish(clients, room, meta, payload)
+        await link.writer.publish(clients, room, meta, payload, self._seq)
 
     @asynccontextmanager
     async def subscribe(

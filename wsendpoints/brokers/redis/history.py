@@ -56,8 +56,8 @@ async def read_history(shared: Shared, clients: Clients, room: str, since: str |
 
 
 def _messages(shared: Shared, key: bytes, entries: list[Any]) -> list[Message]:
-    """Return the messages of `entries`, each once: an entry appended twice (its publisher was
-    cancelled before Redis answered, see `Writer.publish`) is known by its `origin` and `seq`."""
+    """Return the messages of `entries`, each once: an entry appended twice (sent again after Redis
+    lost the writer's mark, see `Writer`) is known by its `origin` and `seq`."""
     messages = []
     seen: set[tuple[str, int]] = set()
     for raw_id, fields in entries:

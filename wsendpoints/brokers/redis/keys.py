@@ -5,7 +5,8 @@ Where `{p}` is the `prefix` and `{room}` the room name percent-encoded (so that 
 
 - `{p}:room:{room}`: the room's stream (see `wire`);
 - `{p}:tally:{room}`: a small hash beside the stream: the number and bytes of its last entry,
-  and when its `max_rooms` score is refreshed next (see `writer`);
+  when its `max_rooms` score is refreshed next, and each publishing process's highest `seq`
+  appended, so that a message sent twice goes in once (see `writer`);
 - `{p}:members:{room}`: the room's presence hash (see `presence`);
 - `{p}:names:{room}`: how many members each user name has in the room (see `scripts`);
 - `{p}:process:{id}`: a process's heartbeat;

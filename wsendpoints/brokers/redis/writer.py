@@ -16,7 +16,6 @@ readers drop what they already had by `origin` and `seq` (see `reader`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import deque
@@ -88,13 +87,16 @@ end
 local REFRESH = 1000
 
 -- The tally of `stream`: the number `n` and bytes `at` of its last entry, `lo`, its bytes before
--- its first entry as last seen (never more than they are: trimming only raises them), and `due`,
--- when its score among the rooms is next refreshed. Without a tally (a new room, or one Redis
--- lost), from the stream's last entry, and due now. Nil when the stream's key holds something else.
-local function tally_of(tally, stream)
-  local kept = redis.pcall('HMGET', tally, 'n', 'at', 'lo', 'due')
+-- its first entry as last seen (never more than they are: trimming only raises them), `due`,
+-- when its score among the rooms is next refreshed, and the highest `seq` appended from
+-- `origin` (its field, `o:` and a process id; nil for none). Without a tally (a new room, or
+-- one Redis lost), from the stream's last entry, due now, and no `seq`. Nil when the stream's
+-- key holds something else.
+local function tally_of(tally, stream, origin)
+  local kept = redis.pcall('HMGET', tally, 'n', 'at', 'lo', 'due', origin or 'due')
   if not kept.err and kept[1] then
-    return tonumber(kept[1]) or 0, tonumber(kept[2]) or 0, tonumber(kept[3]) or 0, tonumber(kept[4]) or 0
+    return tonumber(kept[1]) or 0, tonumber(kept[2]) or 0, tonumber(kept[3]) or 0, tonumber(kept[4]) or 0,
+      tonumber(kept[5]) or 0
   end
   local head = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if head.err then
@@ -102,9 +104,28 @@ local function tally_of(tally, stream)
   end
   local last = head[1]
   if last then
-    return number(last[2], 'n'), number(last[2], 'at'), 0, 0
+    return number(last[2], 'n'), number(last[2], 'at'), 0, 0, 0
   end
-  return 0, 0, 0, 0
+  return 0, 0, 0, 0, 0
+end
+
+-- How many processes' `seq` fields a tally may hold (beside `n`, `at`, `lo` and `due`) before
+-- those of processes gone are dropped.
+local ORIGINS = 32
+
+-- Drop from `tally` the `seq` fields of processes whose heartbeat (`heartbeats` .. id) is gone
+-- (stopped, or hung past `presence_ttl`) once it holds more than ORIGINS: a room in use for
+-- months keeps a field per process that publishes there, not per process that ever did.
+local function forget_gone(tally, heartbeats)
+  local size = redis.pcall('HLEN', tally)
+  if type(size) ~= 'number' or size <= ORIGINS + 4 then -- n, at, lo, due and ORIGINS processes
+    return
+  end
+  for _, name in ipairs(redis.call('HKEYS', tally)) do
+    if string.sub(name, 1, 2) == 'o:' and redis.call('EXISTS', heartbeats .. string.sub(name, 3)) == 0 then
+      redis.call('HDEL', tally, name)
+    end
+  end
 end
 
 -- Drop the oldest entries until the stream holds at most `budget` bytes past what it held
@@ -138,12 +159,19 @@ end
 
 -- Append the entry (`meta`, `payload`) to `stream`, numbered and counted in its `tally` (see
 -- `APPEND`); `room` holds the settings: maxlen, ttl (ms), budget (bytes), max_rooms, rooms (the
--- sorted set), now, and checked (true when the room is known to be admitted). Returns the entry
--- id, 0 when the key holds something other than a stream, or -1 for a new room past max_rooms.
-local function append(stream, tally, meta, payload, room)
-  local count, at, lo, due = tally_of(tally, stream)
+-- sorted set), now, checked (true when the room is known to be admitted) and heartbeats (the
+-- heartbeat keys' prefix, to drop the `seq` fields of processes gone; nil to keep them). `origin` (the
+-- tally's field of the publishing process) and `seq` (the message's number there, as text) make
+-- the append idempotent: a `seq` no higher than the last one appended from `origin` is not
+-- appended again; nil for a notice, never sent twice. Returns the entry id, 0 when the key holds
+-- something other than a stream, -1 for a new room past max_rooms, or -2 when it was appended before.
+local function append(stream, tally, meta, payload, room, origin, seq)
+  local count, at, lo, due, last = tally_of(tally, stream, origin)
   if count == nil then
     return 0
+  end
+  if seq and tonumber(seq) <= last then
+    return -2
   end
   local now = room.now
   local refresh = now >= due
@@ -161,8 +189,11 @@ local function append(stream, tally, meta, payload, room)
     error(id) -- refused (out of memory): the whole script is
   end
   local fields = {'n', n, 'at', a}
+  if seq then
+    fields[#fields + 1], fields[#fields + 2] = origin, seq
+  end
   if at - lo > room.budget then
-    fields[5], fields[6] = 'lo', decimal(trim_bytes(stream, at - room.budget))
+    fields[#fields + 1], fields[#fields + 2] = 'lo', decimal(trim_bytes(stream, at - room.budget))
   end
   redis.call('PEXPIRE', stream, room.ttl)
   if refresh then
@@ -172,6 +203,9 @@ local function append(stream, tally, meta, payload, room)
   redis.pcall('HSET', tally, unpack(fields))
   if refresh then
     redis.call('PEXPIRE', tally, room.ttl + 2 * REFRESH)
+    if room.heartbeats then
+      forget_gone(tally, room.heartbeats)
+    end
   end
   return id
 end
@@ -184,24 +218,36 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
 local room = {maxlen = ARGV[1], ttl = tonumber(ARGV[2]), budget = tonumber(ARGV[3]), max_rooms = tonumber(ARGV[4]),
-  rooms = KEYS[2], now = now_ms(), checked = false}
-local ids = {}
+  rooms = KEYS[2], now = now_ms(), checked = false, heartbeats = ARGV[6]}
+local ids, j = {}, 7
 for i = 3, #KEYS, 2 do
-  ids[#ids + 1] = append(KEYS[i], KEYS[i + 1], ARGV[i + 2], ARGV[i + 3], room)
+  ids[#ids + 1] = append(KEYS[i], KEYS[i + 1], ARGV[j], ARGV[j + 1], room, ARGV[5], ARGV[j + 2])
+  j = j + 3
 end
 return ids
 """
 )
-"""Append a batch of messages (a stream and its tally per message from KEYS[3], and two ARGV each,
-`meta` and `payload`, from ARGV[5]) unless KEYS[1], the writer's mark, is gone.
+"""Append a batch of messages (a stream and its tally per message from KEYS[3], and three ARGV
+each, `meta`, `payload` and `seq`, from ARGV[7]) of one process (its tally field, `o:` and its
+id, in ARGV[5]; the heartbeat keys' prefix in ARGV[6]) unless KEYS[1], the writer's mark, is gone.
 
 Each entry also gets `n`, its number in the stream, and `at`, the stream's bytes (`meta` plus
 `payload`) up to and including it: the stream keeps the last `stream_bytes` (ARGV[3]) of
 messages plus the one that straddles the line, and a reader that finds `n` jump knows how many
 entries were trimmed before it read them. Returns nil when the mark is gone (Redis lost its
 data: nothing is appended), else per message its entry id, 0 when the room's key holds
-something other than a stream, or -1 when it would be a new room past `max_rooms` (ARGV[4], 0
-for no limit) in the sorted set KEYS[2].
+something other than a stream, -1 when it would be a new room past `max_rooms` (ARGV[4], 0
+for no limit) in the sorted set KEYS[2], or -2 when Redis has it already.
+
+Appending is idempotent: the tally keeps each process's highest `seq` appended to the room
+(field `o:<process id>`), and a message whose `seq` is no higher is not appended again. The
+fields of processes whose heartbeat is gone are dropped once a tally holds more than 36 fields
+(looked at with the room's once-a-second refresh: one HLEN), so a tally holds one field per live
+process that published into the room, plus about 32 at most. A message is
+sent twice when its first attempt ran in Redis but its reply never came back (its publisher
+cancelled, or Redis stalled past `connect_timeout`): without this, `history(since=<the first
+copy>)` returned the second copy to a resuming client. It costs no Redis call (one more field
+in the HMGET and the HSET each append already makes).
 
 The room's tally, a small hash beside its stream, keeps what the next append needs: `n` and
 `at` of the last entry, the bytes before the first, and when the room's score among the rooms
@@ -241,6 +287,8 @@ class _Outgoing:
     tally: bytes
     meta: bytes
     payload: bytes
+    seq: int
+    """Its number among this process's messages, by which Redis knows it if it is sent twice."""
     done: asyncio.Future[None] | None
     """Resolved once Redis has it (or once Redis is found unreachable); None for nobody waiting."""
 
@@ -298,27 +346,41 @@ class Writer:
         self.connected = True
         self.writing = False
         """Whether a batch is on its way to Redis, from the writer's task or from a publisher."""
+        self.trying = 0
+        """How many messages the batch on its way (or the last one) holds."""
+        self.failure: Exception | None = None
+        """How a publisher's own append failed, which the writer's task takes as its own failed attempt."""
+        self.origin = b"o:" + shared.process_id.encode()
+        """This process's field in each room's tally, its highest `seq` appended there (see `APPEND`)."""
         self.overflow = 0
         self.lost_at: float | None = None
         """When this process lost Redis (set by the reader), until Redis is found with our data."""
 
-    async def publish(self, clients: Clients, room: str, meta: bytes, payload: bytes) -> None:
+    async def publish(self, clients: Clients, room: str, meta: bytes, payload: bytes, seq: int) -> None:
         """Queue a message for `room`'s stream; return once Redis has it, or at once while it is unreachable.
 
         A message that finds the queue empty and nothing on its way is appended from the
         publisher's own task: two hops through the event loop fewer (to the writer's task and
         back). On the two-process benchmark, where one sender's messages each wait for the last,
         that took deliveries/s from 0.5-1.07x to 1.0-1.34x broadcaster's (three paired runs on a
-        loaded machine). If that append fails, the writer's task takes the
-        message over as any other (retry, outage buffer, refusal). If the publisher is cancelled
-        while Redis has the message but has not answered, it is appended again: readers drop
-        the second copy by `origin` and `seq`, as after Redis lost its data.
+        loaded machine). If that append fails, the writer's task takes the failure as its own
+        failed attempt (backoff and outage buffer, or refusal): a lone publish waits for Redis
+        once, never twice. If the publisher is cancelled while Redis has the message but has not
+        answered, the writer's task sends it again and Redis, knowing its `seq`, does not append
+        it twice (see `APPEND`).
+
+        Args:
+            clients: The connections of the running event loop.
+            room: The room's name.
+            meta: The entry's `meta` field (see `wire`).
+            payload: The message's bytes.
+            seq: Its number among this process's messages, higher than any before it.
 
         Raises:
             TooManyRoomsError: If `room` would be a new room past `max_rooms`.
             BrokerError: If Redis refused the message (e.g. out of memory), or the writer stopped.
         """
-        outgoing = _Outgoing(*self.shared.keys.stream(room), meta, payload, None)
+        outgoing = _Outgoing(*self.shared.keys.stream(room), meta, payload, seq, None)
         full = len(self.queue) >= self.buffer_size or (
             self.queue and self.queued_bytes + outgoing.size > self.buffer_bytes
         )
@@ -339,16 +401,21 @@ class Writer:
             done = outgoing.done = asyncio.get_running_loop().create_future()
         self.queue.append(outgoing)
         self.queued_bytes += outgoing.size
-        if done is not None and len(self.queue) == 1 and not self.writing:
-            try:
-                with contextlib.suppress(*FAILED):  # the writer's task retries, buffers or refuses it
+        try:
+            if done is not None and len(self.queue) == 1 and not self.writing:
+                try:
                     await self._write(clients)
-            finally:
-                self.queued.set()  # the writer's task, or `flush`, goes on with what is queued
-        else:
-            self.queued.set()
-        if done is not None:
-            await done
+                except FAILED as exc:  # the writer's task backs off and buffers, or refuses it
+                    self.failure = exc
+                finally:
+                    self.queued.set()  # the writer's task, or `flush`, goes on with what is queued
+            else:
+                self.queued.set()
+            if done is not None:
+                await done
+        finally:
+            if done is not None:
+                done.cancel()  # cancelled meanwhile: nobody is left to retrieve what the writer settles it with
 
     def note_lost(self) -> None:
         """Remember when Redis was lost, for the replay if it comes back without our data."""
@@ -366,18 +433,18 @@ class Writer:
                 self.queued.clear()
                 await self.queued.wait()
                 continue
-            try:
-                await self._write(clients)
-            except ResponseError as exc:
-                if isinstance(exc, ReadOnlyError):  # a replica, during a failover: wait for the new primary
-                    await self._unreachable(exc, backoff)
-                else:  # reachable, but refuses (out of memory, ...): its publishers hear of it
-                    self._refuse(exc)
-                continue
-            except FAILED as exc:
-                await self._unreachable(exc, backoff)
-                continue
-            backoff.reset()
+            failure, self.failure = self.failure, None
+            if failure is None:
+                try:
+                    await self._write(clients)
+                except FAILED as exc:
+                    failure = exc
+            if failure is None:
+                backoff.reset()
+            elif isinstance(failure, ResponseError) and not isinstance(failure, ReadOnlyError):
+                self._refuse(failure)  # reachable, but refuses (out of memory, ...): its publishers hear of it
+            else:  # unreachable, or a replica during a failover: wait (for the new primary)
+                await self._unreachable(failure, backoff)
 
     async def _unreachable(self, exc: Exception, backoff: Backoff) -> None:
         if self.connected:
@@ -395,7 +462,7 @@ class Writer:
 
     def _refuse(self, exc: ResponseError) -> None:
         """Redis refused the first batch of the queue: drop it, raising `BrokerError` in its publishers."""
-        batch = [self._pop() for _ in range(min(_BATCH, len(self.queue)))]
+        batch = [self._pop() for _ in range(min(self.trying, len(self.queue)))]
         self.shared.dropped += len(batch)
         logger.warning("Redis at %s refused %d messages (%s): dropped", self.shared.safe_url, len(batch), exc)
         error = BrokerError(f"Redis at {self.shared.safe_url} refused: {exc}")
@@ -419,6 +486,7 @@ class Writer:
     async def _write(self, clients: Clients) -> None:
         """Append the first batch of the queue, marked as on its way meanwhile: one batch at a time."""
         self.writing = True
+        self.failure = None  # this attempt is the one that follows it
         try:
             await self.write_batch(clients)
         finally:
@@ -443,6 +511,7 @@ class Writer:
     async def write_batch(self, clients: Clients) -> None:
         """Append the first messages of the queue to their streams, or prepare to after Redis lost its data."""
         batch = list(itertools.islice(self.queue, _BATCH))
+        self.trying = len(batch)
         ids = await clients.append(
             keys=[
                 self.shared.keys.writer,
@@ -454,7 +523,11 @@ class Writer:
                 self.stream_ttl_ms,
                 self.stream_bytes,
                 self.max_rooms,
-                *itertools.chain.from_iterable((outgoing.meta, outgoing.payload) for outgoing in batch),
+                self.origin,
+                self.shared.keys.heartbeats,
+                *itertools.chain.from_iterable(
+                    (outgoing.meta, outgoing.payload, b"%d" % outgoing.seq) for outgoing in batch
+                ),
             ],
         )
         if ids is None:
@@ -472,7 +545,7 @@ class Writer:
             elif entry_id == -1:
                 self.shared.dropped += 1  # its publisher raises: whoever handles that logs it, once
                 outgoing.settle(TooManyRoomsError(f"too many rooms (max_rooms={self.max_rooms})"))
-            else:
+            else:  # appended now, or before (-2: a second attempt, whose first one's reply was lost)
                 self._remember(now, outgoing)
             outgoing.settle()
         while self.recent and self.recent[0][0] < now - _REPLAY_SECONDS and self.lost_at is None:
@@ -496,13 +569,17 @@ class Writer:
         self.recent_bytes -= outgoing.size
 
     async def _restore(self, clients: Clients) -> None:
-        """Redis lost our writer mark, so what it confirmed just before may be lost: queue it again."""
+        """Redis lost our writer mark, so what it confirmed just before may be lost: queue it again.
+
+        The replay is queued before the mark is set, not after: this may run on a publisher's
+        task (see `publish`), which may be cancelled at the `await`. Cancelled before Redis set
+        the mark, the next batch finds it gone again and sets it (with nothing more to queue).
+        """
         logger.warning(
             "Redis at %s lost this process's data (restarted without persistence, or this process hung for "
             "longer than presence_ttl): sending its last messages again",
             self.shared.safe_url,
         )
-        await clients.commands.set(self.shared.keys.writer, b"1", px=self.shared.ttl_ms)
         since = (time.monotonic() if self.lost_at is None else self.lost_at) - _REPLAY_SECONDS
         again = [outgoing for confirmed, outgoing in self.recent if confirmed >= since]
         self.recent.clear()
@@ -510,3 +587,4 @@ class Writer:
         self.lost_at = None
         self.queue.extendleft(reversed(again))
         self.queued_bytes += sum(outgoing.size for outgoing in again)
+        await clients.commands.set(self.shared.keys.writer, b"1", px=self.shared.ttl_ms)
