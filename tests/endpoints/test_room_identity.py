@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -293,3 +293,19 @@ def test_room_kick_closes_every_connection_of_the_user_with_one_leave_notice(cli
 def test_room_kick_checks_its_arguments(args: tuple[Any, ...], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         run(fresh().kick, *args)
+
+
+def test_room_a_second_kick_leaves_the_first_close_standing() -> None:
+    """Two kicks of one connection (two moderators at once, or one user's name kicked twice): the first close stands.
+
+    Driven directly: through a server, whether the second kick finds the connection still in its
+    room depends on timing.
+    """
+    started: list[tuple[Any, ...]] = []
+    endpoint = RoomEndpoint({"type": "websocket"}, None, None)  # type: ignore[arg-type]  # never receives nor sends
+    endpoint._websocket = cast(WebSocket, object())
+    endpoint._start = lambda *args: started.append(args)
+    endpoint._start_kick(4003, "first")
+    endpoint._start_kick(4004, "second")
+    assert endpoint._kicked_with == (4003, "first")
+    assert [args[2:] for args in started] == [(4003, "first")]
