@@ -330,11 +330,16 @@ class RoomEndpoint(Endpoint):
     @classmethod
     def _room_name(cls, room: Any) -> str:
         """Check a room name from the app (`broadcast()`, `history()`); return its NFKC form."""
-        if not isinstance(room, str):
-            raise TypeError(f"room must be a str, got {type(room).__name__}")
-        name = normalize_name(room)
+        return cls._checked_name(room, "room")
+
+    @classmethod
+    def _checked_name(cls, value: Any, what: str) -> str:
+        """Check a room or user name (`what`) the app passes; return its NFKC form."""
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+        name = normalize_name(value)
         if not cls._name_re.fullmatch(name):
-            raise ValueError(f"room name {room!r} does not match name_pattern {cls.name_pattern!r}")
+            raise ValueError(f"{what} name {value!r} does not match name_pattern {cls.name_pattern!r}")
         return name
 
     @classmethod
@@ -347,12 +352,7 @@ class RoomEndpoint(Endpoint):
     @classmethod
     def _addressee(cls, user: Any) -> str:
         """Check a user name the app addresses (as `_outbound()` checks a room); return its NFKC form."""
-        if not isinstance(user, str):
-            raise TypeError(f"user must be a str, got {type(user).__name__}")
-        name = normalize_name(user)
-        if not cls._name_re.fullmatch(name):
-            raise ValueError(f"user name {user!r} does not match name_pattern {cls.name_pattern!r}")
-        return name
+        return cls._checked_name(user, "user")
 
     @classmethod
     async def send_to(cls, room: str, user: str, text: str) -> int | None:
