@@ -20,6 +20,7 @@ from tests.conftest import ClientFactory
 from tests.endpoints.test_base import Recorder, drive
 from wsendpoints import CloseCode, Endpoint, MemoryBroker, RoomEndpoint
 from wsendpoints._deadline import SendWatch
+from wsendpoints.brokers.base import Entry
 from wsendpoints.endpoints import base
 from wsendpoints.endpoints.base import server_send
 from wsendpoints.rooms.member import Member
@@ -157,13 +158,12 @@ def test_a_writer_whose_peer_left_ends_the_connection_as_the_clients(
 
     class Gone(RoomEndpoint):
         async def on_connect(self, websocket: WebSocket) -> None:
-            await super().on_connect(websocket)
-
             async def reset(event: Message) -> None:
                 tried.set()
                 raise OSError("connection reset")
 
-            websocket.data_send = reset  # type: ignore[attr-defined]
+            websocket.data_send = reset  # type: ignore[attr-defined]  # before the writer starts, in the join
+            await super().on_connect(websocket)
 
         async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
             ended.append((self.close_code, self.closed_by))
@@ -192,6 +192,28 @@ def test_a_connection_that_ends_before_its_writer_starts_mutes_the_member(client
     client = client_factory(Starlette(routes=[WebSocketRoute("/rooms/{room}/{user}", endpoint)]))
     with client.websocket_connect("/rooms/lobby/ann") as ws:
         assert expect_close(ws) == (4000, "brief")
+    members[0].push("after the end")
+    assert members[0].queued == (0, 0)
+
+
+def test_a_connection_closed_during_the_join_mutes_the_member_as_its_writer_starts(
+    client_factory: ClientFactory,
+) -> None:
+    members: list[Member] = []
+
+    class Closing(RoomEndpoint):
+        async def authorize(self, websocket: WebSocket, room: str, user: str) -> bool:
+            await websocket.close(4000, "closed in the join")  # then lets it in: the join goes on
+            return True
+
+        def _joined(self, member: Member, entry: Entry) -> None:
+            members.append(member)
+            super()._joined(member, entry)
+
+    endpoint = Closing.configure(broker=MemoryBroker(), join_template=None, leave_template=None)
+    client = client_factory(Starlette(routes=[WebSocketRoute("/rooms/{room}/{user}", endpoint)]))
+    with client.websocket_connect("/rooms/lobby/ann") as ws:
+        assert expect_close(ws) == (4000, "closed in the join")
     members[0].push("after the end")
     assert members[0].queued == (0, 0)
 

@@ -420,12 +420,11 @@ def test_leave_notice_failure_is_logged_not_raised(
 def test_writer_error_closes_1011(client_factory: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
     class BadSend(RoomEndpoint):
         async def on_connect(self, websocket: WebSocket) -> None:
-            await super().on_connect(websocket)
-
             async def send_event(event: Any) -> None:
                 raise RuntimeError("send bug")
 
-            websocket.data_send = send_event  # type: ignore[attr-defined]
+            websocket.data_send = send_event  # type: ignore[attr-defined]  # before the join starts the writer
+            await super().on_connect(websocket)
 
     endpoint = BadSend.configure(broker=MemoryBroker(), join_template=None)
     client = client_factory(room_app(endpoint))
@@ -445,15 +444,15 @@ def test_dropped_counts_what_the_drop_policies_dropped(
 
     class Stuck(RoomEndpoint):
         async def on_connect(self, websocket: WebSocket) -> None:
-            await super().on_connect(websocket)
             sent = anyio.Event()
 
             async def send_event(event: Any) -> None:
                 sent.set()
                 await anyio.sleep_forever()  # the client never takes the first message
 
-            websocket.data_send = send_event  # type: ignore[attr-defined]
+            websocket.data_send = send_event  # type: ignore[attr-defined]  # before the join starts the writer
             self.stuck = sent
+            await super().on_connect(websocket)
 
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:
             with anyio.fail_after(5):

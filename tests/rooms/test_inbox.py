@@ -7,15 +7,21 @@ from wsendpoints.rooms.inbox import Inbox
 
 
 class Box:
-    """An inbox for "ann" whose member keeps the payloads it is given, and the kicks."""
+    """An inbox for "ann" whose member keeps the payloads it is given, the kicks, and how often it was steady."""
 
     def __init__(self, limit: int = 10) -> None:
         self.passed: list[str] = []
         self.kicks: list[tuple[int, str]] = []
-        self.inbox = Inbox("ann", lambda message: self.passed.append(message.payload), self._kick, limit)
+        self.steady = 0
+        self.inbox = Inbox(
+            "ann", lambda message: self.passed.append(message.payload), self._kick, limit, steady=self._steady
+        )
 
     def _kick(self, code: int, reason: str) -> None:
         self.kicks.append((code, reason))
+
+    def _steady(self) -> None:
+        self.steady += 1
 
 
 def test_message_order_reads_stream_ids() -> None:
@@ -31,6 +37,7 @@ def test_inbox_holds_until_open_then_drops_what_came_before_the_entry() -> None:
     assert box.passed == []
     box.inbox.open("0-2")
     assert box.passed == ["m3"]
+    assert box.steady == 1  # m3 came after the entry: nothing more to skip
     box.inbox.deliver(Message("m4", id="0-4"))
     box.inbox.deliver(Message("no id"))
     assert box.passed == ["m3", "m4", "no id"]
@@ -42,6 +49,7 @@ def test_inbox_without_an_entry_point_passes_everything_held() -> None:
     box.inbox.deliver(Message("b"))
     box.inbox.open(None)
     assert box.passed == ["a", "b"]
+    assert box.steady == 1
 
 
 def test_inbox_over_its_limit_passes_all_in_order_unchecked() -> None:
@@ -49,9 +57,23 @@ def test_inbox_over_its_limit_passes_all_in_order_unchecked() -> None:
     for n in (1, 2, 3, 4):
         box.inbox.deliver(Message(f"m{n}", id=f"0-{n}"))
     assert box.passed == ["m1", "m2", "m3", "m4"]
+    assert box.steady == 1
     box.inbox.open("0-4")  # too late to skip anything
     box.inbox.deliver(Message("m5", id="0-5"))
     assert box.passed == ["m1", "m2", "m3", "m4", "m5"]
+    assert box.steady == 1
+
+
+def test_inbox_is_steady_once_a_message_after_the_entry_passes() -> None:
+    box = Box()
+    box.inbox.deliver(Message("m1", id="0-1"))
+    box.inbox.open("0-2")  # what is held all came before the entry
+    box.inbox.deliver(Message("m2", id="0-2"))
+    box.inbox.deliver(Message("no id"))  # proves nothing
+    assert box.steady == 0
+    box.inbox.deliver(Message("m3", id="0-3"))
+    assert box.passed == ["no id", "m3"]
+    assert box.steady == 1
 
 
 def test_inbox_keeps_only_what_is_addressed_to_its_user_and_turns_kicks_into_calls() -> None:

@@ -224,7 +224,8 @@ def test_waiter_set_after_its_wait_was_cancelled_is_harmless() -> None:
     run(scenario)
 
 
-def test_delivery_after_the_idle_writer_was_cancelled_is_queued_quietly() -> None:
+@pytest.mark.parametrize("way", ["deliver", "push"])
+def test_message_after_the_idle_writer_was_cancelled_is_queued_quietly(way: str) -> None:
     async def scenario() -> None:
         member, socket = Member("me", 10, "close", 1.0), Socket()
         async with anyio.create_task_group() as tasks:
@@ -232,7 +233,11 @@ def test_delivery_after_the_idle_writer_was_cancelled_is_queued_quietly() -> Non
             member.deliver(Message("m0", sender="other"))
             await socket.wait_for(1)  # the writer now waits, idle, on its wake-up
             tasks.cancel_scope.cancel()
-        member.deliver(Message("m1", sender="other"))  # its wake-up was cancelled with it: nothing raises
+        # Its wake-up was cancelled with it: nothing raises.
+        if way == "deliver":
+            member.deliver(Message("m1", sender="other"))
+        else:
+            member.push("m1")
         assert member.queued[0] == 1
         assert socket.sent == ["m0"]
 
@@ -243,11 +248,11 @@ def test_check_stall_waits_for_a_whole_timeout_without_progress() -> None:
     async def scenario() -> None:
         member = Member("me", 10, "close", 1.0)
         scope = anyio.CancelScope()  # never entered: only whether it was cancelled matters
-        member._stop, member._sending = scope.cancel, True
+        member._stop, member._sending = scope.cancel, {"text": "m0"}
         member.check_stall(10.0)  # the first look: remembers where the writer stands
         member.check_stall(10.5)  # no progress, but not for a whole timeout
         assert not scope.cancel_called
-        member._sent += 1
+        member._sending = {"text": "m1"}  # the next send
         member.check_stall(11.2)  # progress: the clock starts again
         member.check_stall(12.0)
         assert not scope.cancel_called
@@ -266,7 +271,7 @@ def test_check_stall_counts_from_the_first_look_at_a_send() -> None:
         member._stop = scope.cancel
         member.check_stall(10.0)  # idle
         member.check_stall(10.25)  # idle
-        member._sending = True  # a send begins after that look
+        member._sending = {"text": "m0"}  # a send begins after that look
         member.check_stall(10.5)  # the first look at the send
         member.check_stall(11.3)  # 1.05 s after the last idle look, 0.8 s after the send was first seen
         assert not scope.cancel_called
@@ -274,3 +279,66 @@ def test_check_stall_counts_from_the_first_look_at_a_send() -> None:
         assert scope.cancel_called
 
     anyio.run(scenario)
+
+
+def test_screened_member_queues_room_messages_itself_once_steady() -> None:
+    """Until `unscreen()` every delivery goes through the screen; then only messages to one user do."""
+
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        screened: list[str] = []
+
+        def screen(message: Message) -> None:
+            screened.append(message.payload)
+            member.take(message)
+
+        member.screen(screen)
+        member.deliver(Message("a", sender="other"))
+        member.unscreen()
+        member.deliver(Message("b", sender="other"))
+        member.deliver(Message("for ann", sender="other", to="ann"))
+        member.deliver(Message("mine", sender="me"))
+        assert screened == ["a", "for ann"]
+        assert member.queued[0] == 3
+        unscreened = Member("you", 10, "close", 1.0)  # no screen: messages to one user are queued too
+        unscreened.deliver(Message("for ann", sender="other", to="ann"))
+        assert unscreened.queued[0] == 1
+
+    run(scenario)
+
+
+def test_resuming_member_keeps_its_deliveries_on_the_gate_when_unscreened() -> None:
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        screened: list[str] = []
+        member.screen(lambda message: screened.append(message.payload))
+        member.resume(lambda message_id: None)
+        member.unscreen()
+        member.deliver(Message("a", sender="other"))
+        assert screened == ["a"]
+
+    run(scenario)
+
+
+def test_writer_hands_what_a_send_raises_to_on_error() -> None:
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        failures: list[Exception] = []
+
+        async def send(event: Event) -> None:
+            raise RuntimeError("the server failed")
+
+        async def on_error(exc: Exception) -> None:
+            failures.append(exc)
+
+        member.deliver(Message("m0", sender="other"))
+        with anyio.fail_after(1):
+            await member.run(send, on_error=on_error)
+        assert [str(exc) for exc in failures] == ["the server failed"]
+        assert member.stalled is None
+        alone = Member("me", 10, "close", 1.0)  # without `on_error` it is raised
+        alone.deliver(Message("m0", sender="other"))
+        with anyio.fail_after(1), pytest.raises(RuntimeError, match="the server failed"):
+            await alone.run(send)
+
+    run(scenario)

@@ -34,9 +34,12 @@ class Inbox:
             before the member entered.
         order: Where a message id stands in its room (later messages: greater), or None for an
             id it does not know; by default `message_order`.
+        steady: Called once the inbox passes every message to the whole room on unchecked
+            (opened, with nothing left to skip): the member may then queue those itself
+            (`Member.unscreen`), and hand the inbox only messages to one user.
     """
 
-    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_order", "user")
+    __slots__ = ("_after", "_deliver", "_held", "_kick", "_limit", "_order", "_steady", "user")
 
     _lock = threading.Lock()
     """One lock for every inbox, taken only while one is held or opened: joins are short and rare
@@ -49,6 +52,7 @@ class Inbox:
         kick: Callable[[int, str], object],
         limit: int,
         order: Callable[[str], tuple[int, ...] | None] = message_order,
+        steady: Callable[[], object] | None = None,
     ) -> None:
         self.user = user
         self._deliver = deliver
@@ -57,6 +61,7 @@ class Inbox:
         self._held: list[Message] | None = []
         self._after: tuple[int, ...] | None = None
         self._order = order
+        self._steady = steady
 
     def open(self, after: str | None) -> None:
         """Start passing messages on: those held, and all to come, published after `after`."""
@@ -68,11 +73,13 @@ class Inbox:
             for message in held:
                 self._pass(message)
             self._held = None
+            if self._after is None:
+                self._settle()
 
     def deliver(self, message: Message) -> None:
         """Take one message of the room: hold it, drop it, or pass it on."""
         if self._held is None and self._after is None and message.to is None:
-            self._deliver(message)  # the steady state: one call more than the member's own `deliver`
+            self._deliver(message)  # the steady state (the member queues these itself once told: `steady`)
             return
         if self._held is None or not self._hold(message):
             self._pass(message)
@@ -89,7 +96,13 @@ class Inbox:
             self._held = None  # over the limit before it is opened: on, in order, unchecked
             for message_held in held:
                 self._pass(message_held)
+            self._settle()
             return False
+
+    def _settle(self) -> None:
+        """Tell the member that messages to the whole room pass unchecked from now on."""
+        if self._steady is not None:
+            self._steady()
 
     def _pass(self, message: Message) -> None:
         after = self._after
@@ -99,6 +112,8 @@ class Inbox:
                 if position <= after:
                     return  # published before the member entered
                 self._after = None  # the room's order: everything from here on is newer
+                if self._held is None:  # opening settles once all it held has passed
+                    self._settle()
         to = message.to
         if to is not None:
             if to != self.user:

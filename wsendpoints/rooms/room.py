@@ -238,16 +238,12 @@ class Room:
         for handle, waiter in waiters:
             handle.call(waiter.set)
 
-    def joined(
-        self, broker: Broker, member: Member, deliver: Deliver | None = None
-    ) -> AbstractAsyncContextManager[None]:
-        """Subscribe `member` to this room on `broker` for the length of the context, passing `paused`.
+    def joined(self, broker: Broker, member: Member) -> AbstractAsyncContextManager[None]:
+        """Subscribe `member` (its `deliver`) to this room on `broker` for the length of the context, passing `paused`.
 
-        `deliver` (default: the member's own) is what the broker calls: the endpoints pass the
-        member's `Inbox`. Brokers written before `paused` existed (a two-parameter `subscribe`)
-        are called without it.
+        Brokers written before `paused` existed (a two-parameter `subscribe`) are called without it.
         """
-        return _Joined(self, broker, member, member.deliver if deliver is None else deliver)
+        return _Joined(self, broker, member, member.deliver)
 
 
 class _Joined:
