@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
+import weakref
 from typing import Any, Literal
 
 import anyio
@@ -12,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from tests.conftest import ClientFactory
@@ -544,3 +546,29 @@ def test_room_join_while_the_broker_is_unreachable_closes_1013(
         assert expect_close(ann) == (CloseCode.TRY_AGAIN_LATER, "try again later")
     assert broker.rooms() == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_ended_connection_leaves_no_reference_cycle(client_factory: ClientFactory) -> None:
+    """A connection's endpoint (and its member, socket and inbox) is freed when it ends, without a full collection."""
+    refs: list[weakref.ref[RoomEndpoint]] = []
+
+    class Tracked(RoomEndpoint):
+        def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            super().__init__(scope, receive, send)
+            refs.append(weakref.ref(self))
+
+    endpoint = Tracked.configure(broker=MemoryBroker(), join_template=None, leave_template=None)
+    client = client_factory(room_app(endpoint))
+    with client.websocket_connect("/rooms/lobby/ann") as ws:  # warm up: first-use caches
+        ws.send_text("hi")
+    gc.collect()
+    refs.clear()
+    gc.disable()
+    try:
+        for _ in range(3):
+            with client.websocket_connect("/rooms/lobby/ann") as ws:
+                ws.send_text("hi")
+            assert anyio.run(endpoint.members, "lobby") == []  # it has left
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()

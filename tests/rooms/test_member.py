@@ -342,3 +342,52 @@ def test_writer_hands_what_a_send_raises_to_on_error() -> None:
             await alone.run(send)
 
     run(scenario)
+
+
+def test_a_message_sent_again_counts_as_progress() -> None:
+    """The same message delivered twice: the watchdog, which saw the first send, sees the second as a new one."""
+
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        events: list[Event] = []
+        looks = iter([10.0, 11.5])  # the second send is looked at a whole timeout after the first
+
+        async def send(event: Event) -> None:
+            events.append(event)
+            member.check_stall(next(looks))  # the watchdog looks while the send is in flight
+
+        message = Message("ping", sender="other")
+        member.deliver(message)
+        member.deliver(message)
+        with anyio.move_on_after(0.5):  # the writer then waits for more, idle
+            await member.run(send)
+        assert events == [{"type": "websocket.send", "text": "ping"}] * 2
+        assert events[1] is not events[0]
+        assert not member._stopping
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_writer_hands_what_on_stall_raises_to_on_error(handled: bool) -> None:
+    async def scenario() -> None:
+        member = Member("me", 1, "close", 1.0)
+        for n in range(3):  # over its queue before the writer starts: it stalls at once
+            member.deliver(Message(f"m{n}", sender="other"))
+        failures: list[Exception] = []
+
+        async def on_stall(reason: str) -> None:
+            raise RuntimeError(f"could not close: {reason}")
+
+        async def on_error(exc: Exception) -> None:
+            failures.append(exc)
+
+        with anyio.fail_after(1):
+            if handled:
+                await member.run(Socket().send, on_stall, on_error)
+                assert [str(exc) for exc in failures] == ["could not close: slow consumer"]
+            else:
+                with pytest.raises(RuntimeError, match="could not close: slow consumer"):
+                    await member.run(Socket().send, on_stall)
+
+    run(scenario)

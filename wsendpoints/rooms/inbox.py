@@ -25,7 +25,8 @@ class Inbox:
 
     Args:
         user: The member's user name.
-        deliver: The member's own `Deliver`, which queues for sending.
+        deliver: Where it passes messages on: the member's `take` (not its `deliver`, which
+            screens through this inbox), which queues them for sending.
         kick: Called, from the thread of the delivery, with the close code and reason of a
             kick addressed to the member's user.
         limit: How many messages it holds at most until it is opened (the member's queue

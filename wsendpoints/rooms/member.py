@@ -138,8 +138,8 @@ class Member:
         """The event being sent (None while idle or taking a turn): the writer's progress, for watchdog and room.
 
         One store per send rather than a count and a flag (in-process, per delivery in a paced
-        fan-out, 21,060 -> 20,330 instructions). A new event is progress: one event sent twice in
-        a row would count as one send, and no broker delivers a message twice.
+        fan-out, 21,060 -> 20,330 instructions). A new event is progress: an event the watchdog or
+        the room has already seen is sent as a copy (a message delivered to the member twice).
         """
         self._seen: Event | None = None
         self._progress = 0.0
@@ -209,6 +209,14 @@ class Member:
         """Pass every delivery through `screen` (it passes them on to `take`) until `unscreen()`; before subscribing."""
         self._screen = screen
         self._direct = False
+
+    def drop_screen(self) -> None:
+        """Forget the screen once the member is no longer subscribed.
+
+        The screen (the endpoint's `Inbox`) holds the endpoint, which holds the member: kept, the
+        cycle would keep a connection's objects alive after it ended, until a full collection.
+        """
+        self._screen = None
 
     def unscreen(self) -> None:
         """Queue messages to the whole room at once from now on, unless the member resumes; any thread may call it."""
@@ -364,8 +372,8 @@ class Member:
 
         Returns when the queue overflowed under the "close" policy, or when sending made no
         progress for `send_timeout` seconds; `stalled` then says which, and `on_stall` is
-        awaited with it first. Returns quietly once `mute()` was called. What `send` raises
-        ends the writer: it is awaited with `on_error`, or raised without one. (Awaiting them
+        awaited with it first. Returns quietly once `mute()` was called. What `send` (or
+        `on_stall`) raises ends the writer: it is awaited with `on_error`, or raised without one. (Awaiting them
         here, in the frame that caught the exception, rather than in the caller also keeps
         Python 3.11's line tracing, and so coverage, exact.)
 
@@ -419,6 +427,8 @@ class Member:
                         self._room.drained(self)
                     if scope is not None:
                         scope.deadline = clock() + timeout
+                    if event is self._seen or event is self._looked_at:
+                        event = {**event}  # sent again (one message delivered twice): still progress
                     self._sending = event
                     await send(event)
                     turn -= 1  # a count down in small ints: no int made per send
@@ -445,7 +455,12 @@ class Member:
             return  # the connection ended meanwhile: nothing to tell it
         self.stalled = "slow consumer" if self.overflowed else "send timeout"
         if on_stall is not None:
-            await on_stall(self.stalled)
+            try:
+                await on_stall(self.stalled)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                await on_error(exc)
 
     def _end(self, task: asyncio.Task[Any] | None) -> None:
         """The writer has ended: never cancel its task again, and stop watching it."""

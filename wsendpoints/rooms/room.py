@@ -264,7 +264,7 @@ class _Joined:
                 subscription = broker.subscribe(room.key, deliver)
             await subscription.__aenter__()
         except BaseException:
-            room.discard(broker, self._member)
+            self._left()
             raise
         self._subscription = subscription
 
@@ -275,7 +275,12 @@ class _Joined:
         try:
             return await self._subscription.__aexit__(exc_type, exc, tb)
         finally:
-            self._room.discard(self._broker, self._member)
+            self._left()
+
+    def _left(self) -> None:
+        """The member is no longer subscribed: the room forgets it, and it its screen (which holds its endpoint)."""
+        self._member.drop_screen()
+        self._room.discard(self._broker, self._member)
 
 
 @functools.cache
