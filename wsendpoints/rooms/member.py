@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from asyncio import InvalidStateError
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -188,8 +189,10 @@ class Member:
             waiter = self._waiter
             if waiter is not None:
                 self._waiter = None
-                if not waiter.done():  # done: cancelled with the writer
+                try:  # noqa: SIM105 - `suppress()` makes an object per call: +3,900 instructions per delivery, measured
                     waiter.set_result(None)
+                except InvalidStateError:  # cancelled with the writer
+                    pass
 
     def take(self, message: Message) -> None:
         """Queue `message` unless this member sent it, or hand it to the gate once resuming; from any thread.
