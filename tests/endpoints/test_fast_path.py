@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 
 from tests.conftest import ClientFactory
 from tests.endpoints.test_base import Recorder, drive
-from wsendpoints import CloseCode, Endpoint, MemoryBroker, RoomEndpoint
+from wsendpoints import CloseCode, EchoEndpoint, Endpoint, MemoryBroker, OKEndpoint, RoomEndpoint
 from wsendpoints._deadline import SendWatch
 from wsendpoints.brokers.base import Entry
 from wsendpoints.endpoints import base
@@ -242,3 +242,64 @@ async def test_mute_drops_the_queue_releases_the_room_and_ends_the_writer_quietl
         member.push("after the end")
         assert member.queued == (0, 0)
         await member.run(never, on_stall)  # muted: returns at once
+
+
+# Echo and OK answer short text from the receive loop itself, without `on_receive`.
+
+
+class QuickEcho(EchoEndpoint):
+    send_timeout = 0.05
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        Recorder.disconnects.append((close_code, self.close_reason, self.closed_by))
+
+
+def test_echo_and_ok_answer_short_text_without_their_on_receive(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def never(self: Endpoint, websocket: WebSocket, data: Any) -> None:
+        raise AssertionError("on_receive was called")
+
+    monkeypatch.setattr(EchoEndpoint, "on_receive", never)  # the class's own: the loop answers for it
+    monkeypatch.setattr(OKEndpoint, "on_receive", never)
+    incoming: list[Message] = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "text": "two"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent = drive(QuickEcho, incoming)
+    assert [m.get("text") for m in sent if m["type"] == "websocket.send"] == ["one", "two"]
+    assert Recorder.disconnects == [(1000, "", "client")]
+    sent = drive(OKEndpoint.configure(reply="ack"), incoming)
+    assert [m.get("text") for m in sent if m["type"] == "websocket.send"] == ["ack", "ack"]
+
+
+def test_a_subclass_with_its_own_on_receive_gets_every_message(client_factory: ClientFactory) -> None:
+    class Loud(OKEndpoint):
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(f"{self.reply} {data}")
+
+    client = client_factory(Starlette(routes=[WebSocketRoute("/ws", Loud)]))
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("hi")
+        assert ws.receive_text() == "OK! hi"
+
+
+def test_echo_reply_past_send_timeout_closes_1013() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(QuickEcho, incoming, stall="websocket.send")
+    assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "send timeout"}
+    assert Recorder.disconnects == [(1013, "send timeout", "server")]
+
+
+def test_echo_reply_cancelled_from_outside_is_not_a_send_timeout() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(QuickEcho.configure(send_timeout=60), incoming, stall="websocket.send")
+    assert sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
+    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+
+
+def test_echo_reply_to_a_peer_that_left_ends_the_connection_as_the_clients() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "go"}]
+    sent = drive(QuickEcho, incoming, fail_sends=True)
+    assert [m["type"] for m in sent] == ["websocket.accept"]
+    assert Recorder.disconnects == [(1006, "", "client")]

@@ -466,6 +466,14 @@ class Endpoint(WebSocketEndpoint):
                 await self._disconnect(websocket)
             websocket.release()
 
+    def _reply(self) -> str | bool:
+        """What the receive loop may answer short text with itself, without `on_receive`: see `_receive_loop`.
+
+        False (the default): `on_receive` handles every message. True: the text itself. A str:
+        that text. A class returns something else only while its own `on_receive` would do the same.
+        """
+        return False
+
     async def _receive_loop(self, websocket: _Socket) -> None:
         receive = self.receive
         on_receive = self.on_receive
@@ -477,6 +485,15 @@ class Endpoint(WebSocketEndpoint):
         if type(self).decode is Endpoint.decode and self.encoding in (None, "text"):
             limit = self.max_message_size
             short = sys.maxsize if limit is None else limit // 4
+        # Such text, where the class's `_reply` says what `on_receive` would send, is answered
+        # here: the reply goes to the server with the send watch's part inline (as `_Socket.send`
+        # does it) and without the `on_receive` and `_Socket.send` frames, on asyncio with a
+        # `send_timeout`. Under uvicorn, server instructions per echo round trip 156,220 ->
+        # 149,290 (raw ASGI 144,940), OK 154,350 -> 148,250 (raw 144,650).
+        reply = self._reply() if short >= 0 else False
+        watch = websocket._watch  # made at the accept, kept to the end
+        task = current_task() if reply is not False and watch is not None else None
+        answer: Message = {"type": "websocket.send", "text": reply if type(reply) is str else ""}
         scope = anyio.CancelScope()
         with scope:
             while True:
@@ -493,7 +510,30 @@ class Endpoint(WebSocketEndpoint):
                         data = await self.decode(websocket, message)
                         if websocket.closed_by is not None:
                             break
-                    await on_receive(websocket, data)
+                        await on_receive(websocket, data)
+                    elif (
+                        task is not None
+                    ):  # the reply's way, see above (the loop runs only while the connection is open)
+                        if reply is True:
+                            answer = {"type": "websocket.send", "text": data}
+                        assert watch is not None  # with `task`
+                        sending = watch.sending
+                        sending[task] = websocket._sends = websocket._sends + 1
+                        stalled = False
+                        try:
+                            await websocket.data_send(answer)
+                        except asyncio.CancelledError:
+                            if not watch.expired(task):
+                                raise
+                            stalled = True
+                        except _DISCONNECTED:
+                            raise websocket._peer_left() from None
+                        finally:
+                            sending.pop(task, None)
+                        if stalled:
+                            await websocket._stalled()
+                    else:
+                        await on_receive(websocket, data)
                     if websocket.closed_by is not None:
                         break
                 else:  # "websocket.disconnect", the only other message ASGI defines

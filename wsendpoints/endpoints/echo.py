@@ -50,6 +50,10 @@ class EchoEndpoint(Endpoint):
         """Return a subclass with `options` set; see `Endpoint.configure()`."""
         return cls._configure(options)
 
+    def _reply(self) -> str | bool:
+        """Text goes back as it came, unless a template or a subclass's `on_receive` says otherwise."""
+        return self.template is None and type(self).on_receive is EchoEndpoint.on_receive
+
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         if isinstance(data, bytes):
             await websocket.send({"type": "websocket.send", "bytes": data})

@@ -39,5 +39,9 @@ class OKEndpoint(Endpoint):
         """Return a subclass with `options` set; see `Endpoint.configure()`."""
         return cls._configure(options)
 
+    def _reply(self) -> str | bool:
+        """`reply`, unless a subclass's `on_receive` says otherwise."""
+        return self.reply if type(self).on_receive is OKEndpoint.on_receive else False
+
     async def on_receive(self, websocket: WebSocket, data: Any) -> None:
         await websocket.send({"type": "websocket.send", "text": self.reply})
