@@ -256,7 +256,7 @@ class QuickEcho(EchoEndpoint):
 
 def test_echo_and_ok_answer_short_text_without_their_on_receive(monkeypatch: pytest.MonkeyPatch) -> None:
     async def never(self: Endpoint, websocket: WebSocket, data: Any) -> None:
-        raise AssertionError("on_receive was called")
+        raise AssertionError("on_receive was called")  # pragma: no cover - runs only if the test fails
 
     monkeypatch.setattr(EchoEndpoint, "on_receive", never)  # the class's own: the loop answers for it
     monkeypatch.setattr(OKEndpoint, "on_receive", never)
