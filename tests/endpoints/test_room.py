@@ -572,3 +572,39 @@ def test_an_ended_connection_leaves_no_reference_cycle(client_factory: ClientFac
         assert [ref() for ref in refs] == [None, None, None]
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_stalled_writers_close_goes_out_when_the_handler_ends_first(backend: str) -> None:
+    """The close begins, so the connection counts as ended and the handler returns: the close frame still goes."""
+
+    class Flooded(RoomEndpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await super().on_connect(websocket)
+            assert self.member is not None
+            for n in range(5):  # over its queue of 2 before its writer ran
+                self.member.push(f"m{n}")
+            await anyio.sleep(0.01)  # the writer starts its close and waits for the server to take it
+
+    endpoint = Flooded.configure(broker=MemoryBroker(), join_template=None, leave_template=None, max_queue=2)
+    app = room_app(endpoint)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not sent:
+            return {"type": "websocket.connect"}
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover - sleep_forever never returns
+
+    async def send(message: Message) -> None:
+        if message["type"] == "websocket.close":
+            await anyio.sleep(0.05)  # a server that takes a while over the close frame
+        sent.append(message)
+
+    async def connect() -> None:
+        scope = {"type": "websocket", "path": "/rooms/lobby/ann", "headers": [], "query_string": b""}
+        with anyio.fail_after(5):
+            await app(scope, receive, send)
+
+    anyio.run(connect, backend=backend)
+    assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "slow consumer"}

@@ -418,15 +418,26 @@ class RoomEndpoint(Endpoint):
             try:
                 await super().dispatch()
             finally:
-                for task in (self._writer, self._kick):
+                if self._writer is not None and not self._closing_by_writer():
+                    self._writer.cancel()
+                for task in (self._writer, self._kick):  # a kick only closes: it is never cancelled
                     if task is not None:
-                        task.cancel()
                         await asyncio.wait([task])  # it has ended before the connection has
             return
         async with anyio.create_task_group() as tasks:
             self._start = tasks.start_soon
             await super().dispatch()
-            tasks.cancel_scope.cancel()
+            if self._kicked_with is None and not self._closing_by_writer():
+                tasks.cancel_scope.cancel()
+
+    def _closing_by_writer(self) -> bool:
+        """Whether the member's writer stalled and is sending the close frame (within 1 s), not to be cancelled.
+
+        The connection counts as ended as soon as that close begins, so the handler may finish
+        first: cancelling the writer then would lose the close frame. An idle or sending writer
+        has been stopped by the end of the connection already (`Member.mute`).
+        """
+        return self.member is not None and self.member.stalled is not None
 
     def _start_writer(self, member: Member) -> None:
         """Start the member's writer: a task of its own, sending straight to the server's `send`.
