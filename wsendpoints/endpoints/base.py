@@ -511,9 +511,8 @@ class Endpoint(WebSocketEndpoint):
                         if websocket.closed_by is not None:
                             break
                         await on_receive(websocket, data)
-                    elif (
-                        task is not None
-                    ):  # the reply's way, see above (the loop runs only while the connection is open)
+                    elif task is not None:
+                        # The reply's way, see above; the loop runs only while the connection is open.
                         if reply is True:
                             answer = {"type": "websocket.send", "text": data}
                         assert watch is not None  # with `task`

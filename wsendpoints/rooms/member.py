@@ -268,8 +268,10 @@ class Member:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            if not waiter.done():  # done: cancelled with the writer
+            try:  # noqa: SIM105 - as in `deliver`
                 waiter.set_result(None)
+            except InvalidStateError:  # cancelled with the writer
+                pass
 
     def _put_past_high(self, item: Item) -> bool:
         """Queue `item` at or past the high-water mark; return whether it was queued.

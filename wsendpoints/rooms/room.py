@@ -38,7 +38,7 @@ import anyio
 import anyio.lowlevel
 
 from .._loop import LoopHandle, Waiter
-from ..brokers.base import Broker, Deliver, Message
+from ..brokers.base import Broker, Message
 from .resume import with_id
 
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
@@ -243,20 +243,20 @@ class Room:
 
         Brokers written before `paused` existed (a two-parameter `subscribe`) are called without it.
         """
-        return _Joined(self, broker, member, member.deliver)
+        return _Joined(self, broker, member)
 
 
 class _Joined:
     """`Room.joined()`: a class, not a generator, because every idle member holds one (0.4 KB less each, measured)."""
 
-    __slots__ = ("_broker", "_deliver", "_member", "_room", "_subscription")
+    __slots__ = ("_broker", "_member", "_room", "_subscription")
 
-    def __init__(self, room: Room, broker: Broker, member: Member, deliver: Deliver) -> None:
-        self._room, self._broker, self._member, self._deliver = room, broker, member, deliver
+    def __init__(self, room: Room, broker: Broker, member: Member) -> None:
+        self._room, self._broker, self._member = room, broker, member
         self._subscription: AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> None:
-        room, broker, deliver = self._room, self._broker, self._deliver
+        room, broker, deliver = self._room, self._broker, self._member.deliver
         try:
             if _takes_paused(type(broker)):
                 subscription = broker.subscribe(room.key, deliver, paused=room.paused)
