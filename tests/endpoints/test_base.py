@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.conftest import ClientFactory
 from wsendpoints import CloseCode, EchoEndpoint, Endpoint
-from wsendpoints.endpoints.base import cut_reason
+from wsendpoints.endpoints.base import _TaskScope, cut_reason
 from wsendpoints.testing import assert_no_message, expect_close, receive_json, receive_text
 
 
@@ -735,3 +736,31 @@ def test_send_timeout_none_sends_as_usual(client_factory: ClientFactory) -> None
     with client.websocket_connect("/ws") as ws:
         ws.send_text("no deadline")
         assert receive_text(ws) == "no deadline"
+
+
+def test_the_receive_loops_scope_takes_back_only_its_own_cancel() -> None:
+    """asyncio: a close from another task ends the receive wait; the server's cancel still goes through."""
+
+    async def scenario() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        with _TaskScope(task) as scope:  # ours alone: the wait ends, the task goes on uncancelled
+            loop.call_soon(scope.cancel)
+            await asyncio.sleep(5)
+        assert task.cancelling() == 0
+        scope.cancel()  # after the exit: too late, a no-op
+        await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError), _TaskScope(task) as scope:  # ours and the server's
+            loop.call_soon(scope.cancel)
+            loop.call_soon(task.cancel)
+            await asyncio.sleep(5)
+        assert task.cancelling() == 1  # the server's, still to be honoured
+        task.uncancel()
+        with _TaskScope(task) as scope:  # a deadline: `idle_timeout`
+            scope.deadline = loop.time() + 0.01
+            assert scope.deadline < loop.time() + 1
+            await asyncio.sleep(5)
+        assert task.cancelling() == 0
+
+    asyncio.run(scenario())

@@ -391,3 +391,62 @@ def test_writer_hands_what_on_stall_raises_to_on_error(handled: bool) -> None:
                     await member.run(Socket().send, on_stall)
 
     run(scenario)
+
+
+def test_a_member_has_no_writer_until_its_first_message() -> None:
+    """An idle member costs no writer task (nor queue): `start_later` starts one at the first message, once."""
+
+    async def scenario() -> None:
+        member, socket = Member("me", 10, "close", 1.0), Socket()
+        starts: list[int] = []
+        async with anyio.create_task_group() as tasks:
+
+            def start() -> None:
+                starts.append(1)
+                tasks.start_soon(member.run, socket.send)
+
+            member.start_later(start)
+            member.deliver(Message("mine", sender="me"))  # skipped: nothing to send, nothing started
+            assert starts == [] and member.queued == (0, 0)
+            member.deliver(Message("m0", sender="other"))
+            member.deliver(Message("m1", sender="other"))
+            assert starts == [1]
+            await socket.wait_for(2)
+            member.deliver(Message("m2", sender="other"))
+            await socket.wait_for(3)
+            tasks.cancel_scope.cancel()
+        assert starts == [1]
+        assert socket.sent == ["m0", "m1", "m2"]
+
+    run(scenario)
+
+
+def test_a_member_with_messages_queued_starts_its_writer_at_once() -> None:
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        member.push_first("presence")
+        starts: list[int] = []
+        member.start_later(lambda: starts.append(1))
+        assert starts == [1]
+        other = Member("other", 10, "close", 1.0)
+        other.start_later(lambda: starts.append(2))
+        other.push_first("presence")  # what a resume or a joiner's snapshot queues first starts it too
+        assert starts == [1, 2]
+
+    run(scenario)
+
+
+def test_a_muted_member_never_starts_a_writer_nor_queues() -> None:
+    async def scenario() -> None:
+        member = Member("me", 10, "close", 1.0)
+        starts: list[int] = []
+        member.start_later(lambda: starts.append(1))
+        member.mute()
+        member.deliver(Message("m0", sender="other"))
+        member.push_first("presence")
+        assert starts == [] and member.queued == (0, 0)
+        member.start_later(lambda: starts.append(2))  # the connection ended before the join finished
+        member.push("late")
+        assert starts == [] and member.queued == (0, 0)
+
+    run(scenario)
