@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -751,11 +752,20 @@ def test_the_receive_loops_scope_takes_back_only_its_own_cancel() -> None:
         assert task.cancelling() == 0
         scope.cancel()  # after the exit: too late, a no-op
         await asyncio.sleep(0)
-        with pytest.raises(asyncio.CancelledError), _TaskScope(task) as scope:  # ours and the server's
-            loop.call_soon(scope.cancel)
-            loop.call_soon(task.cancel)
+        scope = _TaskScope(task)
+        loop.call_soon(scope.cancel)  # ours and the server's
+        loop.call_soon(task.cancel)
+        with pytest.raises(asyncio.CancelledError), scope:
             await asyncio.sleep(5)
         assert task.cancelling() == 1  # the server's, still to be honoured
+        task.uncancel()
+        task.cancel()  # a cancel swallowed before the scope began (asyncio.wait_for can do that): not the scope's
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+        with _TaskScope(task) as scope:  # ours alone still ends the wait, and leaves that count as it was
+            loop.call_soon(scope.cancel)
+            await asyncio.sleep(5)
+        assert task.cancelling() == 1
         task.uncancel()
         with _TaskScope(task) as scope:  # a deadline: `idle_timeout`
             scope.deadline = loop.time() + 0.01

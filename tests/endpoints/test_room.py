@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextvars
 import gc
 import logging
 import re
@@ -605,3 +606,56 @@ def test_a_stalled_writers_close_goes_out_when_the_handler_ends_first(backend: s
 
     anyio.run(connect, backend=backend)
     assert sent[-1] == {"type": "websocket.close", "code": 1013, "reason": "slow consumer"}
+
+
+_connection_id: contextvars.ContextVar[str] = contextvars.ContextVar("connection_id", default="-")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_members_writer_runs_in_its_own_connections_context(backend: str) -> None:
+    """A context variable set for a connection (a correlation id, a trace) is its writer's, whoever sent first."""
+    room = RoomEndpoint.configure(broker=MemoryBroker(), join_template=None, leave_template=None)
+    seen: list[tuple[str, str, str]] = []  # (connection, text, the context variable where it was sent)
+    delivered = anyio.Event()
+
+    async def connection(user: str, incoming: anyio.abc.ObjectReceiveStream[Message], joined: anyio.Event) -> None:
+        _connection_id.set(user)
+        first = True
+
+        async def receive() -> Message:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "websocket.connect"}
+            with anyio.fail_after(5):
+                return await incoming.receive()
+
+        async def send(message: Message) -> None:
+            if message["type"] == "websocket.send":
+                seen.append((user, message["text"], _connection_id.get()))
+                delivered.set()
+            else:  # the accept: the clients leave first, so no close is sent
+                joined.set()
+
+        path_params = {"room": "lobby", "user": user}
+        scope: Scope = {"type": "websocket", "path": f"/rooms/lobby/{user}", "headers": [], "query_string": b""}
+        scope["path_params"] = path_params
+        await room(scope, receive, send)
+
+    async def scenario() -> None:
+        to_ann, ann_in = anyio.create_memory_object_stream[Message](10)
+        to_bob, bob_in = anyio.create_memory_object_stream[Message](10)
+        ann_joined, bob_joined = anyio.Event(), anyio.Event()
+        with anyio.fail_after(5):
+            async with to_ann, ann_in, to_bob, bob_in, anyio.create_task_group() as tasks:
+                tasks.start_soon(connection, "ann", ann_in, ann_joined)
+                tasks.start_soon(connection, "bob", bob_in, bob_joined)
+                await ann_joined.wait()
+                await bob_joined.wait()
+                await to_bob.send({"type": "websocket.receive", "text": "hello"})  # bob's task starts ann's writer
+                await delivered.wait()
+                for stream in (to_ann, to_bob):
+                    await stream.send({"type": "websocket.disconnect", "code": 1000})
+
+    anyio.run(scenario, backend=backend)
+    assert seen == [("ann", "bob: hello", "ann")]

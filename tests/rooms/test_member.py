@@ -407,7 +407,8 @@ def test_a_member_has_no_writer_until_its_first_message() -> None:
 
             member.start_later(start)
             member.deliver(Message("mine", sender="me"))  # skipped: nothing to send, nothing started
-            assert starts == [] and member.queued == (0, 0)
+            assert starts == []
+            assert member.queued == (0, 0)
             member.deliver(Message("m0", sender="other"))
             member.deliver(Message("m1", sender="other"))
             assert starts == [1]
@@ -444,9 +445,11 @@ def test_a_muted_member_never_starts_a_writer_nor_queues() -> None:
         member.mute()
         member.deliver(Message("m0", sender="other"))
         member.push_first("presence")
-        assert starts == [] and member.queued == (0, 0)
+        assert starts == []
+        assert member.queued == (0, 0)
         member.start_later(lambda: starts.append(2))  # the connection ended before the join finished
         member.push("late")
-        assert starts == [] and member.queued == (0, 0)
+        assert starts == []
+        assert member.queued == (0, 0)
 
     run(scenario)

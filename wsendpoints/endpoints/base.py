@@ -125,10 +125,12 @@ class _TaskScope:
     A cancel that came from elsewhere as well (the server shutting down) still propagates.
     """
 
-    __slots__ = ("_cancelled", "_task", "_timer")
+    __slots__ = ("_cancelled", "_cancelling", "_task", "_timer")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self._task = task
+        self._cancelling: int = getattr(task, "cancelling", int)()  # Python 3.11+, as `asyncio.timeout()` keeps it
+        """How many cancellations the task had pending when the scope began: those are not the scope's."""
         self._cancelled = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -155,8 +157,10 @@ class _TaskScope:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         self.deadline = math.inf
         cancelled, self._cancelled = self._cancelled, True  # a `cancel()` from now on is too late: a no-op
-        # Only made on Python 3.11+ (`_receive_scope`), where a cancel of ours alone leaves the count at 0.
-        return cancelled and kind is asyncio.CancelledError and self._task.uncancel() == 0
+        if not cancelled or kind is not asyncio.CancelledError:
+            return False
+        # Only made on Python 3.11+ (`_receive_scope`): a cancel of ours alone leaves the count where it began.
+        return bool(getattr(self._task, "uncancel", int)() <= self._cancelling)
 
 
 def _receive_scope() -> _TaskScope | anyio.CancelScope:
@@ -512,11 +516,13 @@ class Endpoint(WebSocketEndpoint):
             try:
                 if websocket.accepted:
                     await self._disconnect(websocket)
-                websocket.release()
-                await self._wind_down()
             finally:
-                with cls._count_lock:
-                    cls._open_connections -= 1
+                websocket.release()
+                try:
+                    await self._wind_down()
+                finally:
+                    with cls._count_lock:
+                        cls._open_connections -= 1
 
     async def _wind_down(self) -> None:
         """Let what the connection started besides its handler end (a room member's writer); after `on_disconnect`."""

@@ -7,6 +7,7 @@ hands it to every member's queue (`rooms/member.py`); each member's own writer s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import json
 import logging
@@ -217,6 +218,8 @@ class RoomEndpoint(Endpoint):
         self._membership: _Membership | None = None
         self._writer: asyncio.Task[None] | None = None
         self._start: Callable[..., object] | None = None
+        self._context: contextvars.Context | None = None
+        """The connection's context as it joined: the writer's, whoever starts it."""
         self._sent: deque[float] | None = None
         self._kick: asyncio.Task[None] | None = None
         self._kicked_with: tuple[int, str] | None = None
@@ -421,9 +424,11 @@ class RoomEndpoint(Endpoint):
         On asyncio the member's writer and a kick run as bare tasks (lighter than a task group),
         which `_wind_down` lets end.
         """
-        if LoopHandle.current().has_watchdog:
-            return super().dispatch()
-        return self._dispatch_in_task_group()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio (or no loop running yet): the task group serves any backend
+            return self._dispatch_in_task_group()
+        return super().dispatch()
 
     async def _wind_down(self) -> None:
         if self._writer is not None and not self._closing_by_writer():
@@ -459,19 +464,23 @@ class RoomEndpoint(Endpoint):
         socket.on_end = member.mute
         if not socket.open:  # it ended before the writer started
             member.mute()
+        # Whoever sends the first message starts the writer: in this connection's context, not theirs
+        # (a correlation id or a trace the app set for this connection is the writer's too).
+        self._context = contextvars.copy_context()
         member.start_later(self._run_writer)
 
     def _run_writer(self) -> None:
         """Start the member's writer task; it runs `Member.run` itself, with no frame of ours around it."""
-        member = self.member
+        member, context = self.member, self._context
         assert member is not None
+        assert context is not None
         send = self._wsendpoints_socket.data_send
-        if self._start is None:
-            self._writer = asyncio.get_running_loop().create_task(
-                member.run(send, self._close_stalled, self._writer_failed)
+        if self._start is None:  # a task copies the context it is made in (`context=` is Python 3.11+)
+            self._writer = context.run(
+                asyncio.get_running_loop().create_task, member.run(send, self._close_stalled, self._writer_failed)
             )
         else:
-            self._start(member.run, send, self._close_stalled, self._writer_failed)
+            context.run(self._start, member.run, send, self._close_stalled, self._writer_failed)
 
     def _param(self, websocket: WebSocket, name: str) -> str | None:
         value = websocket.path_params.get(name)
