@@ -9,6 +9,8 @@ wave of connections). Each test runs with the collector off, so only reference c
 from __future__ import annotations
 
 import gc
+import logging
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -112,6 +114,84 @@ async def test_a_released_handler_leaves_no_cycle_holding_its_data(
     assert [held() for held in HeldEcho.held] == [None]  # freed by reference counting alone
     assert ref() is None
     assert gc.collect() == 0, "the connection left objects in reference cycles"
+
+
+class LoopEcho(EchoEndpoint):
+    """A plain echo, whose receive loop answers by itself in a task of its own; records how it ended."""
+
+    ended: ClassVar[list[tuple[int, str | None]]] = []
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        LoopEcho.ended.append((close_code, self.closed_by))
+
+
+QuickLoopEcho = LoopEcho.configure(send_timeout=0.05)
+WatchedLoopEcho = LoopEcho.configure(send_timeout=0.4)  # the watchdog looks every 0.1 s
+
+
+async def slow_then_gone_send(message: Message) -> None:
+    """A send the watchdog sees in flight (it then holds the sending task), then the connection is lost."""
+    await anyio.sleep(0.25)
+    raise OSError("connection reset")
+
+
+async def served(endpoint: EchoEndpoint) -> None:
+    """Run one connection of `endpoint` to its end (the await last: on Python 3.11 a line after an await that
+    ended in an exception caught in another task is not always traced)."""
+    with anyio.fail_after(10):
+        await endpoint
+
+
+@pytest.mark.parametrize(
+    ("endpoint_class", "send_data", "receive_fails", "ended", "sent"),
+    [
+        pytest.param(QuickLoopEcho, stalled_send, False, (1013, "server"), ["send", "close"], id="send timeout"),
+        pytest.param(LoopEcho, gone_send, False, (1006, "client"), ["send"], id="client gone"),
+        pytest.param(WatchedLoopEcho, slow_then_gone_send, False, (1006, "client"), ["send"], id="seen, then gone"),
+        pytest.param(LoopEcho, gone_send, True, (1011, "error"), ["close"], id="receive raises"),
+    ],
+)
+def test_a_loop_in_a_task_of_its_own_leaves_no_cycle(
+    no_cyclic_gc: None,
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint_class: type[LoopEcho],
+    send_data: Any,
+    receive_fails: bool,
+    ended: tuple[int, str],
+    sent: list[str],
+) -> None:
+    """The loop's task keeps what it raised, whose traceback keeps the loop's frame: that must not hold the task."""
+    monkeypatch.setattr(logging.getLogger("wsendpoints"), "disabled", True)  # a kept log record holds the traceback
+    LoopEcho.ended.clear()
+    inbox: list[Message] = [{"type": "websocket.connect"}]
+    if not receive_fails:
+        inbox.append({"type": "websocket.receive", "text": "hi"})
+    events: list[str] = []
+
+    async def receive() -> Message:
+        if inbox:
+            return inbox.pop(0)
+        raise RuntimeError("the server's receive failed")  # only asked once the connection should end
+
+    async def send(message: Message) -> None:
+        events.append(message["type"].removeprefix("websocket."))
+        if message["type"] == "websocket.send":
+            await send_data(message)
+
+    scope = {"type": "websocket", "path": "/echo", "headers": [], "query_string": b"", "subprotocols": []}
+    endpoint = endpoint_class(scope, receive, send)
+    ref = weakref.ref(endpoint)
+    # A loop of its own, in a thread: its last step, which holds the finished task, ends with it.
+    thread = threading.Thread(target=anyio.run, args=(served, endpoint))
+    del endpoint
+    thread.start()
+    thread.join(10)
+    assert events == ["accept", *sent]
+    assert LoopEcho.ended == [ended]
+    # Freed by reference counting alone. (The event loop that ran it leaves cycles of its own, so no
+    # `gc.collect() == 0` here: a cycle through the loop's task would hold the endpoint, which the
+    # loop's frame keeps, so this is the test of it.)
+    assert ref() is None
 
 
 class TrackedProtocol(WebSocketProtocol):

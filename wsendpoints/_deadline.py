@@ -64,6 +64,7 @@ class SendWatch:
     def close(self) -> None:
         """Stop watching; the connection has ended."""
         self._handle.unwatch(self)
+        self._seen = {}  # nobody looks again: let go of the tasks last seen sending
 
     def check_stall(self, now: float) -> None:
         """Cancel the sends that have been running for `timeout` seconds (the loop's watchdog calls this)."""

@@ -303,3 +303,42 @@ def test_echo_reply_to_a_peer_that_left_ends_the_connection_as_the_clients() -> 
     sent = drive(QuickEcho, incoming, fail_sends=True)
     assert [m["type"] for m in sent] == ["websocket.accept"]
     assert Recorder.disconnects == [(1006, "", "client")]
+
+
+def test_an_echo_connection_waiting_for_a_message_cancelled_from_outside_closes_1001() -> None:
+    """The loop that answers by itself runs in a task of its own: cancelling the connection's cancels it."""
+    sent = drive(QuickEcho.configure(send_timeout=60), [{"type": "websocket.connect"}])
+    assert sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
+    assert Recorder.disconnects == [(1001, "server shutting down", "server")]
+
+
+def test_an_echo_connection_past_its_idle_timeout_closes_1001() -> None:
+    incoming: list[Message] = [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "one"}]
+    sent = drive(QuickEcho.configure(send_timeout=60, idle_timeout=0.05), incoming)
+    assert [m.get("text") for m in sent if m["type"] == "websocket.send"] == ["one"]
+    assert sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "idle timeout"}
+    assert Recorder.disconnects == [(1001, "idle timeout", "server")]
+
+
+def test_a_loop_with_a_decode_of_its_own_stays_in_the_handlers_task() -> None:
+    """Only a loop that answers by itself runs in a task of its own: an own `decode` runs where `on_connect` did."""
+    tasks: list[object] = []
+
+    class Decoding(EchoEndpoint):
+        async def on_connect(self, websocket: WebSocket) -> None:
+            tasks.append(asyncio.current_task())
+            await super().on_connect(websocket)
+
+        async def decode(self, websocket: WebSocket, message: Message) -> Any:
+            tasks.append(asyncio.current_task())
+            return await super().decode(websocket, message)
+
+    incoming: list[Message] = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "hi"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent = drive(Decoding, incoming)
+    assert [m.get("text") for m in sent if m["type"] == "websocket.send"] == ["hi"]
+    assert len(tasks) == 2
+    assert tasks[0] is tasks[1]
